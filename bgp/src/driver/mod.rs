@@ -1,0 +1,1 @@
+//! tokio driver around the FSM.

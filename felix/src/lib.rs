@@ -1,0 +1,1 @@
+//! Dataplane programmer: desired state from the model, reconciled into kernel routes, links and nft rules.

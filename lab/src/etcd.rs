@@ -1,0 +1,1 @@
+//! A real etcd started on a loopback port for tests, stopped on drop.
