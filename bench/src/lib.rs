@@ -1,1 +1,13 @@
 //! Side-by-side benchmarks of Reef against BIRD, FRR, GoBGP and the reference CNI plugins.
+//!
+//! BGP ingest (`bgp_ingest` binary): [`workload`] pre-encodes the UPDATEs, [`injector`] speaks BGP to
+//! one daemon at a time ([`receivers`]), each in its own network namespace ([`netns_socket`]),
+//! [`ingest`] measures time to all prefixes received and peak memory ([`procfs`]), [`report`] prints.
+
+pub mod ingest;
+pub mod injector;
+pub mod netns_socket;
+pub mod procfs;
+pub mod receivers;
+pub mod report;
+pub mod workload;

@@ -1,4 +1,30 @@
 //! reef-lab: the test lab. Network namespaces and veth links with unique names that are removed on drop,
 //! and the real daemons (BIRD, FRR, GoBGP, ExaBGP, etcd) started inside them and stopped by pid.
+//!
+//! Nothing is ever created in the root namespace: links are made inside a namespace of ours
+//! (`ip -n NS link add ... peer ... netns OTHER`), daemons run under `ip netns exec`.
 
+pub mod bgp;
+pub mod bird;
+pub mod capture;
+pub mod error;
 pub mod etcd;
+pub mod exabgp;
+pub mod frr;
+pub mod gobgp;
+pub mod netns;
+pub mod process;
+pub mod reef;
+pub mod run;
+
+pub use bgp::{BgpConfig, BgpDaemon, DaemonKind, Neighbor, RouteAttrs};
+pub use bird::Bird;
+pub use capture::Capture;
+pub use error::{LabError, Result};
+pub use exabgp::ExaBgp;
+pub use frr::Frr;
+pub use gobgp::GoBgp;
+pub use netns::{Link, LinkEnd, Netns, veth};
+pub use process::Process;
+pub use reef::Reefd;
+pub use run::{binary, is_root, require_root, run_bounded, run_ok, wait_for, wait_until};

@@ -1,0 +1,149 @@
+//! BGP ingest benchmark: one injector feeds the same pre-encoded UPDATEs to Reef, BIRD, FRR and GoBGP,
+//! each in its own network namespace, and reports time to all prefixes received and peak memory.
+//!
+//! `cargo run --release -p reef-bench --bin bgp_ingest -- [--prefixes 1000000] [--attr-sets 1000]
+//! [--daemons reef,bird,frr,gobgp] [--json]` (as root).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use reef_bench::ingest::{INJECTOR_AS, INTERRUPTED, IngestOptions, measure};
+use reef_bench::receivers::Daemon;
+use reef_bench::report::Report;
+use reef_bench::workload::{Workload, encode};
+
+#[derive(Parser, Debug)]
+#[command(about = "Side-by-side BGP ingest benchmark (needs root: network namespaces)")]
+struct Args {
+    /// Distinct IPv4 /24 prefixes to inject.
+    #[arg(long, default_value_t = 1_000_000)]
+    prefixes: u32,
+    /// Distinct path attribute sets the prefixes are spread over.
+    #[arg(long, default_value_t = 1000)]
+    attr_sets: u32,
+    /// Daemons to measure, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "reef,bird,frr,gobgp")]
+    daemons: Vec<String>,
+    /// Print the report as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Bound per daemon from the first UPDATE byte to all prefixes received.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+    /// Interval between two prefix-count probes.
+    #[arg(long, default_value_t = 20)]
+    poll_ms: u64,
+    /// The reefd binary (default: next to this binary, i.e. target/release/reefd).
+    #[arg(long)]
+    reefd: Option<PathBuf>,
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !reef_lab::is_root() {
+        bail!("bgp_ingest needs root (network namespaces, veth links)");
+    }
+    let daemons = args
+        .daemons
+        .iter()
+        .map(|name| name.parse::<Daemon>())
+        .collect::<Result<Vec<_>>>()?;
+    // Ctrl-C and SIGTERM only set a flag: the waits give up and the Drop guards stop the daemons and
+    // delete the namespaces.
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+    let reefd = match args.reefd {
+        Some(path) => path,
+        None => reef_lab::binary("reefd").unwrap_or_else(|_| PathBuf::from("reefd")),
+    };
+    let workload = Workload::new(args.prefixes, args.attr_sets)?;
+    // Each daemon's run encodes the UPDATEs again with its own link's next hop; this encoding checks the
+    // workload and gives the sizes for the report (they do not depend on the next hop).
+    let encoded =
+        encode(&workload, INJECTOR_AS, Ipv4Addr::UNSPECIFIED).context("encode UPDATEs")?;
+    eprintln!(
+        "encoded {} prefixes in {} UPDATEs ({} bytes), {} attribute sets",
+        encoded.prefixes,
+        encoded.updates,
+        encoded.bytes.len(),
+        encoded.attr_sets
+    );
+    let mut options = IngestOptions::new(reefd);
+    options.timeout = Duration::from_secs(args.timeout_secs);
+    options.poll_interval = Duration::from_millis(args.poll_ms);
+    let mut results = Vec::new();
+    for daemon in daemons {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break;
+        }
+        eprintln!("{daemon}: running");
+        let result = measure(daemon, &workload, &options);
+        eprintln!(
+            "{daemon}: {}",
+            match (&result.error, result.seconds) {
+                (Some(error), _) => format!("failed: {error}"),
+                (None, Some(seconds)) => format!("{seconds:.3} s"),
+                (None, None) => "no result".to_string(),
+            }
+        );
+        results.push(result);
+    }
+    let report = Report {
+        date: command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        machine: machine(),
+        prefixes: encoded.prefixes,
+        attr_sets: encoded.attr_sets,
+        updates: encoded.updates,
+        update_bytes: encoded.bytes.len() as u64,
+        results,
+    };
+    if args.json {
+        eprint!("{}", report.table());
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// First line of a command's output, or "?" (only for the report's header).
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// "N cores, <CPU model>, Linux <release>".
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|model| model.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    format!(
+        "{cores} cores, {cpu}, Linux {}",
+        command_line("uname", &["-r"])
+    )
+}

@@ -1,0 +1,330 @@
+//! Adj-RIB-In: the routes one peer sent us, as received (RFC 4271 §3.2).
+//!
+//! Built for full tables: a route is a 16-octet (IPv4) or 28-octet (IPv6) hash-table entry — the prefix,
+//! its ADD-PATH path id and a `u32` handle to an interned attribute set. Every distinct attribute set
+//! (the raw path-attribute octets plus the MP_REACH next hop) is stored once, decoded once, and
+//! reference counted by its routes, so 1M prefixes sharing 1000 attribute sets cost ~1000 decodes and
+//! ~17 MiB of table, not 1M copies of the attributes.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::wire::{AfiSafi, AfiSafiSet, NextHop, Nlri, PathAttributes, Update};
+
+/// FxHash-style multiplicative hasher for route keys: keys are small integers and a full table is
+/// hashed a million times per load, where SipHash would cost several times more. Peers are configured,
+/// not anonymous, so hash-flooding resistance is traded for speed here (attribute sets use SipHash).
+#[derive(Default, Clone, Copy)]
+pub struct RouteKeyHasher(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl RouteKeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+}
+
+impl Hasher for RouteKeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        for &byte in chunks.remainder() {
+            self.add(u64::from(byte));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<RouteKeyHasher>>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct KeyV4 {
+    addr: u32,
+    path_id: u32,
+    len: u8,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct KeyV6 {
+    addr: [u8; 16],
+    path_id: u32,
+    len: u8,
+}
+
+/// Handle of an interned attribute set.
+type AttrId = u32;
+
+/// One distinct set of path attributes as received, with the next hop the routes use.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AttributeSet {
+    /// The path attribute octets without MP_REACH/MP_UNREACH (an owned copy: a slice of the receive
+    /// buffer would pin the whole buffer).
+    pub raw: Bytes,
+    /// NEXT_HOP for IPv4 NLRI, the MP_REACH next hop for MP NLRI.
+    pub next_hop: Option<NextHop>,
+    pub attrs: PathAttributes,
+}
+
+#[derive(Default, Debug)]
+struct AttrTable {
+    sets: Vec<Option<(Arc<AttributeSet>, u32)>>,
+    free: Vec<AttrId>,
+    index: HashMap<AttrKey, AttrId>,
+}
+
+/// The interning key: equal raw attributes with equal next hops share one set.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct AttrKey {
+    raw: Bytes,
+    next_hop: Option<NextHop>,
+}
+
+impl AttrTable {
+    /// The id of this attribute set, interning it on first sight. The reference is not counted yet.
+    fn intern(&mut self, raw: &Bytes, next_hop: Option<NextHop>, attrs: &PathAttributes) -> AttrId {
+        let probe = AttrKey { raw: raw.clone(), next_hop };
+        if let Some(&id) = self.index.get(&probe) {
+            return id;
+        }
+        let owned = Bytes::copy_from_slice(raw);
+        let set = Arc::new(AttributeSet { raw: owned.clone(), next_hop, attrs: attrs.clone() });
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.sets[id as usize] = Some((set, 0));
+                id
+            }
+            None => {
+                self.sets.push(Some((set, 0)));
+                // More than 4G distinct attribute sets cannot exist in memory anyway.
+                (self.sets.len() - 1) as AttrId
+            }
+        };
+        self.index.insert(AttrKey { raw: owned, next_hop }, id);
+        id
+    }
+
+    fn acquire(&mut self, id: AttrId) {
+        if let Some(Some((_, refs))) = self.sets.get_mut(id as usize) {
+            *refs += 1;
+        }
+    }
+
+    fn release(&mut self, id: AttrId) {
+        let Some(slot) = self.sets.get_mut(id as usize) else { return };
+        let Some((set, refs)) = slot else { return };
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            let key = AttrKey { raw: set.raw.clone(), next_hop: set.next_hop };
+            self.index.remove(&key);
+            *slot = None;
+            self.free.push(id);
+        }
+    }
+
+    /// Drops sets interned by an UPDATE whose routes all went elsewhere (refcount still zero).
+    fn collect_unused(&mut self, id: AttrId) {
+        if let Some(Some((_, 0))) = self.sets.get(id as usize) {
+            self.acquire(id);
+            self.release(id);
+        }
+    }
+
+    fn get(&self, id: AttrId) -> Option<&Arc<AttributeSet>> {
+        self.sets.get(id as usize)?.as_ref().map(|(set, _)| set)
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+/// A route as stored: prefix, path id and its shared attributes.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub prefix: IpNet,
+    pub path_id: Option<u32>,
+    pub attributes: Arc<AttributeSet>,
+}
+
+impl Route {
+    /// The next hop the route was received with.
+    pub fn next_hop(&self) -> Option<IpAddr> {
+        match self.attributes.next_hop {
+            Some(NextHop::V4(v4)) => Some(v4.into()),
+            Some(NextHop::V6 { global, .. }) => Some(global.into()),
+            None => None,
+        }
+    }
+}
+
+/// What one UPDATE did to the table.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct ApplyStats {
+    pub announced: usize,
+    pub withdrawn: usize,
+    /// RFC 7606 treat-as-withdraw applied to the UPDATE's NLRI.
+    pub treated_as_withdraw: bool,
+    /// The UPDATE was an End-of-RIB marker of this family.
+    pub end_of_rib: Option<AfiSafi>,
+}
+
+/// One peer's Adj-RIB-In.
+#[derive(Default, Debug)]
+pub struct AdjRibIn {
+    v4: FastMap<KeyV4, AttrId>,
+    v6: FastMap<KeyV6, AttrId>,
+    attrs: AttrTable,
+    end_of_rib: AfiSafiSet,
+}
+
+fn key_v4(net: Ipv4Net, path_id: Option<u32>) -> KeyV4 {
+    KeyV4 { addr: u32::from(net.network()), path_id: path_id.unwrap_or(0), len: net.prefix_len() }
+}
+
+fn key_v6(net: Ipv6Net, path_id: Option<u32>) -> KeyV6 {
+    KeyV6 { addr: net.network().octets(), path_id: path_id.unwrap_or(0), len: net.prefix_len() }
+}
+
+impl AdjRibIn {
+    pub fn new() -> AdjRibIn {
+        AdjRibIn::default()
+    }
+
+    /// Number of routes (prefix + path id).
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Distinct attribute sets in use.
+    pub fn attribute_sets(&self) -> usize {
+        self.attrs.len()
+    }
+
+    /// Families whose End-of-RIB the peer sent.
+    pub fn end_of_rib(&self) -> AfiSafiSet {
+        self.end_of_rib
+    }
+
+    /// Removes everything (the session went down).
+    pub fn clear(&mut self) {
+        *self = AdjRibIn::default();
+    }
+
+    /// Applies one UPDATE: withdrawals, then announcements (an announcement of a known prefix replaces
+    /// it: implicit withdraw, RFC 4271 §3.1).
+    pub fn apply(&mut self, update: &Update) -> ApplyStats {
+        let mut stats = ApplyStats { end_of_rib: update.end_of_rib(), ..ApplyStats::default() };
+        if let Some(family) = stats.end_of_rib {
+            self.end_of_rib.insert(family);
+            return stats;
+        }
+        for nlri in update.withdrawn.iter().chain(update.mp_unreach.iter().flat_map(|mp| mp.withdrawn.iter())) {
+            stats.withdrawn += usize::from(self.remove(nlri));
+        }
+        // The codec has already moved the NLRI of a treat-as-withdraw UPDATE to the withdrawals.
+        stats.treated_as_withdraw = update.treat_as_withdraw;
+        if !update.nlri.is_empty() {
+            let next_hop = update.attributes.next_hop.map(NextHop::V4);
+            let id = self.attrs.intern(&update.raw_attributes, next_hop, &update.attributes);
+            for nlri in &update.nlri {
+                self.insert(nlri, id);
+            }
+            stats.announced += update.nlri.len();
+            self.attrs.collect_unused(id);
+        }
+        if let Some(mp) = update.mp_reach.as_ref().filter(|mp| !mp.nlri.is_empty()) {
+            let id = self.attrs.intern(&update.raw_attributes, Some(mp.next_hop), &update.attributes);
+            for nlri in &mp.nlri {
+                self.insert(nlri, id);
+            }
+            stats.announced += mp.nlri.len();
+            self.attrs.collect_unused(id);
+        }
+        stats
+    }
+
+    fn insert(&mut self, nlri: &Nlri, id: AttrId) {
+        self.attrs.acquire(id);
+        let previous = match nlri.prefix {
+            IpNet::V4(net) => self.v4.insert(key_v4(net, nlri.path_id), id),
+            IpNet::V6(net) => self.v6.insert(key_v6(net, nlri.path_id), id),
+        };
+        if let Some(previous) = previous {
+            self.attrs.release(previous);
+        }
+    }
+
+    fn remove(&mut self, nlri: &Nlri) -> bool {
+        let removed = match nlri.prefix {
+            IpNet::V4(net) => self.v4.remove(&key_v4(net, nlri.path_id)),
+            IpNet::V6(net) => self.v6.remove(&key_v6(net, nlri.path_id)),
+        };
+        match removed {
+            Some(id) => {
+                self.attrs.release(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The route for a prefix (path id 0 / none).
+    pub fn get(&self, prefix: IpNet) -> Option<Route> {
+        let id = match prefix {
+            IpNet::V4(net) => *self.v4.get(&key_v4(net.trunc(), None))?,
+            IpNet::V6(net) => *self.v6.get(&key_v6(net.trunc(), None))?,
+        };
+        let attributes = self.attrs.get(id)?.clone();
+        Some(Route { prefix: prefix.trunc(), path_id: None, attributes })
+    }
+
+    /// All routes, sorted by prefix then path id.
+    pub fn routes(&self) -> Vec<Route> {
+        let mut routes: Vec<Route> = Vec::with_capacity(self.len());
+        let path_id = |id: u32| (id != 0).then_some(id);
+        for (key, id) in &self.v4 {
+            let (Some(attributes), Ok(net)) = (self.attrs.get(*id), Ipv4Net::new(Ipv4Addr::from(key.addr), key.len))
+            else {
+                continue;
+            };
+            routes.push(Route { prefix: IpNet::V4(net), path_id: path_id(key.path_id), attributes: attributes.clone() });
+        }
+        for (key, id) in &self.v6 {
+            let (Some(attributes), Ok(net)) = (self.attrs.get(*id), Ipv6Net::new(Ipv6Addr::from(key.addr), key.len))
+            else {
+                continue;
+            };
+            routes.push(Route { prefix: IpNet::V6(net), path_id: path_id(key.path_id), attributes: attributes.clone() });
+        }
+        routes.sort_by(|a, b| (a.prefix, a.path_id).cmp(&(b.prefix, b.path_id)));
+        routes
+    }
+}

@@ -1,0 +1,211 @@
+//! Reef's own speaker (`reefd --config FILE`, speaker mode) in its own namespace, driven with
+//! `reefctl bgp ... --socket PATH` (formats in agent/README.md). It implements [`BgpDaemon`] so the
+//! interop tests treat Reef and the reference daemons alike.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::bgp::{BgpConfig, BgpDaemon, START_TIMEOUT, parse_prefix, workdir, write_file};
+use crate::error::{LabError, Result};
+use crate::netns::Netns;
+use crate::process::Process;
+use crate::run::{binary, run_ok, wait_for};
+
+/// reefd in speaker mode. Every session also carries `nextHopV6` = the link's IPv6 address, so
+/// IPv6 routes over the IPv4 session get a usable next hop.
+pub struct Reefd {
+    process: Process,
+    config: BgpConfig,
+    reefd: PathBuf,
+    reefctl: PathBuf,
+    dir: tempfile::TempDir,
+    ns: Netns,
+}
+
+impl Reefd {
+    /// Writes reefd.yaml and starts `target/<profile>/reefd` inside `ns` (taking the namespace);
+    /// returns once the admin socket answers.
+    pub fn start(ns: Netns, config: BgpConfig) -> Result<Reefd> {
+        let reefd = binary("reefd")?;
+        let reefctl = binary("reefctl")?;
+        let dir = workdir("reefd")?;
+        let process = spawn(&ns, dir.path(), &reefd, &reefctl, &config)?;
+        Ok(Reefd {
+            process,
+            config,
+            reefd,
+            reefctl,
+            dir,
+            ns,
+        })
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("reefd.sock")
+    }
+
+    /// `reefctl bgp <args> --socket SOCK` (the admin API is a unix socket: no namespace needed).
+    pub fn reefctl(&self, args: &[&str]) -> Result<String> {
+        reefctl(&self.reefctl, &self.socket(), args)
+    }
+
+    /// `reefctl bgp status -o json`: every peer (fields in agent/README.md).
+    pub fn peers(&self) -> Result<Vec<Value>> {
+        let text = self.reefctl(&["status", "-o", "json"])?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| LabError::parse("reefctl status json", e))?;
+        match value {
+            Value::Array(list) => Ok(list),
+            Value::Object(mut map) => match map.remove("peers") {
+                Some(Value::Array(list)) => Ok(list),
+                _ => Err(LabError::parse("reefctl status json", "no peer list")),
+            },
+            other => Err(LabError::parse("reefctl status json", other)),
+        }
+    }
+
+    /// The status of the session with `peer` (`state`, `lastError`, `info`, ...).
+    pub fn peer(&self, peer: IpAddr) -> Result<Value> {
+        let address = peer.to_string();
+        self.peers()?
+            .into_iter()
+            .find(|p| p.get("address").and_then(Value::as_str) == Some(&address))
+            .ok_or_else(|| LabError::Daemon(format!("reefd has no peer {peer}")))
+    }
+
+    /// `reefctl bgp routes --peer PEER -o json`: Reef's Adj-RIB-In from `peer`.
+    pub fn routes_json(&self, peer: IpAddr) -> Result<Vec<Value>> {
+        let text = self.reefctl(&["routes", "--peer", &peer.to_string(), "-o", "json"])?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| LabError::parse("reefctl routes json", e))?;
+        match value {
+            Value::Array(list) => Ok(list),
+            Value::Object(mut map) => match map.remove("routes") {
+                Some(Value::Array(list)) => Ok(list),
+                _ => Err(LabError::parse("reefctl routes json", "no route list")),
+            },
+            other => Err(LabError::parse("reefctl routes json", other)),
+        }
+    }
+}
+
+fn reefctl(program: &Path, socket: &Path, args: &[&str]) -> Result<String> {
+    run_ok(Command::new(program).arg("bgp").args(args).arg("--socket").arg(socket))
+}
+
+fn render(dir: &Path, config: &BgpConfig) -> String {
+    let mut yaml = String::new();
+    let _ = writeln!(yaml, "routerId: {}", config.router_id);
+    let _ = writeln!(yaml, "asNumber: {}", config.local_as);
+    yaml.push_str("listen: { address: \"0.0.0.0\", port: 179 }\n");
+    let _ = writeln!(yaml, "admin: {{ socket: \"{}\" }}", dir.join("reefd.sock").display());
+    let prefixes: Vec<String> = config.originate.iter().map(|p| format!("\"{p}\"")).collect();
+    let _ = writeln!(yaml, "prefixes: [{}]", prefixes.join(", "));
+    yaml.push_str("peers:\n");
+    for n in &config.neighbors {
+        let _ = writeln!(yaml, "  - address: \"{}\"\n    asNumber: {}", n.address, n.remote_as);
+        let _ = writeln!(
+            yaml,
+            "    holdTime: {}\n    keepaliveTime: {}\n    connectRetryTime: {}",
+            config.hold_time, config.keepalive, config.connect_retry
+        );
+        let _ = writeln!(yaml, "    nextHopV6: \"{}\"", config.local_v6);
+        if let Some(key) = &n.password {
+            let _ = writeln!(yaml, "    password: \"{key}\"");
+        }
+        if n.passive {
+            yaml.push_str("    passive: true\n");
+        }
+    }
+    yaml
+}
+
+fn spawn(ns: &Netns, dir: &Path, reefd: &Path, reefctl_bin: &Path, config: &BgpConfig) -> Result<Process> {
+    let conf = dir.join("reefd.yaml");
+    write_file(&conf, &render(dir, config))?;
+    let socket = dir.join("reefd.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = ns.command(reefd);
+    cmd.arg("--config").arg(&conf).env("RUST_LOG", "info,reef_bgp=debug");
+    let mut process = Process::spawn("reefd", cmd, &dir.join("reefd.log"))?;
+    let up = wait_for("reefd's admin socket", START_TIMEOUT, Duration::from_millis(50), || {
+        if !process.is_running() {
+            return Some(false);
+        }
+        reefctl(reefctl_bin, &socket, &["status", "-o", "json"]).ok().map(|_| true)
+    })?;
+    if !up {
+        let log = std::fs::read_to_string(dir.join("reefd.log")).unwrap_or_default();
+        return Err(LabError::Daemon(format!("reefd exited at start: {log}")));
+    }
+    Ok(process)
+}
+
+impl BgpDaemon for Reefd {
+    fn kind(&self) -> &'static str {
+        "reef"
+    }
+
+    fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    fn workdir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn bgp_process(&self) -> &Process {
+        &self.process
+    }
+
+    fn is_established(&self, peer: IpAddr) -> Result<bool> {
+        Ok(self.peer(peer)?.get("state").and_then(Value::as_str) == Some("Established"))
+    }
+
+    fn routes_from(&self, peer: IpAddr) -> Result<BTreeSet<IpNet>> {
+        self.routes_json(peer)?
+            .iter()
+            .map(|r| {
+                let prefix = r.get("prefix").and_then(Value::as_str).unwrap_or_default();
+                parse_prefix(prefix)
+            })
+            .collect()
+    }
+
+    fn advertise(&mut self, prefix: IpNet) -> Result<()> {
+        self.reefctl(&["advertise", &prefix.to_string()])?;
+        if !self.config.originate.contains(&prefix) {
+            self.config.originate.push(prefix);
+        }
+        Ok(())
+    }
+
+    fn withdraw(&mut self, prefix: IpNet) -> Result<()> {
+        self.reefctl(&["withdraw", &prefix.to_string()])?;
+        self.config.originate.retain(|p| *p != prefix);
+        Ok(())
+    }
+
+    fn refresh_in(&self, peer: IpAddr) -> Result<()> {
+        self.reefctl(&["refresh", &peer.to_string()]).map(|_| ())
+    }
+
+    fn updates_received(&self, _peer: IpAddr) -> Result<u64> {
+        Err(LabError::Daemon("reefd does not expose UPDATE counters".to_string()))
+    }
+
+    fn shutdown_peer(&mut self, _peer: IpAddr) -> Result<()> {
+        Err(LabError::Daemon("reefd has no per-peer shutdown command".to_string()))
+    }
+
+    fn restart(&mut self) -> Result<()> {
+        self.process.stop();
+        self.process = spawn(&self.ns, self.dir.path(), &self.reefd, &self.reefctl, &self.config)?;
+        Ok(())
+    }
+}
