@@ -36,9 +36,15 @@ impl From<SpeakerError> for ApiError {
     fn from(error: SpeakerError) -> ApiError {
         let status = match error {
             SpeakerError::UnknownPeer(_) => StatusCode::NOT_FOUND,
-            SpeakerError::NotEstablished(_) | SpeakerError::NoRouteRefresh(_) => StatusCode::CONFLICT,
-            SpeakerError::DuplicatePeer(_) | SpeakerError::InvalidConfig(_) => StatusCode::BAD_REQUEST,
-            SpeakerError::Md5 { .. } | SpeakerError::PeerGone(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SpeakerError::NotEstablished(_) | SpeakerError::NoRouteRefresh(_) => {
+                StatusCode::CONFLICT
+            }
+            SpeakerError::DuplicatePeer(_) | SpeakerError::InvalidConfig(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            SpeakerError::Md5 { .. } | SpeakerError::PeerGone(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         ApiError(status, error.to_string())
     }
@@ -50,22 +56,32 @@ pub fn router(speaker: Arc<Speaker>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/bgp/peers", get(peers))
         .route("/v1/bgp/routes", get(routes))
-        .route("/v1/bgp/prefixes", get(prefixes).post(advertise).delete(withdraw))
+        .route(
+            "/v1/bgp/prefixes",
+            get(prefixes).post(advertise).delete(withdraw),
+        )
         .route("/v1/bgp/peers/{addr}/refresh", post(refresh))
         .with_state(speaker)
 }
 
 /// Binds the socket (replacing a stale one, creating the directory) and serves until the task ends.
-pub async fn serve(path: &Path, speaker: Arc<Speaker>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    path: &Path,
+    speaker: Arc<Speaker>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove stale socket {}", path.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()));
+        }
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind admin socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind admin socket {}", path.display()))?;
     let app = router(speaker);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -83,12 +99,17 @@ struct RoutesQuery {
     peer: Option<String>,
 }
 
-async fn routes(State(speaker): Api, Query(query): Query<RoutesQuery>) -> Result<axum::Json<Vec<RouteView>>, ApiError> {
+async fn routes(
+    State(speaker): Api,
+    Query(query): Query<RoutesQuery>,
+) -> Result<axum::Json<Vec<RouteView>>, ApiError> {
     let peer = match query.peer.as_deref() {
-        Some(text) => Some(
-            text.parse::<IpAddr>()
-                .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("peer {text:?} is not an IP address")))?,
-        ),
+        Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("peer {text:?} is not an IP address"),
+            )
+        })?),
         None => None,
     };
     // Building a full table's JSON takes a while: off the async workers.
@@ -109,60 +130,118 @@ struct PrefixBody {
 }
 
 fn parse_prefix_body(body: &[u8]) -> Result<IpNet, ApiError> {
-    let body: PrefixBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body must be {{\"prefix\": \"...\"}}: {e}")))?;
-    let prefix: IpNet = body
-        .prefix
-        .parse()
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{:?} is not an IP prefix", body.prefix)))?;
+    let body: PrefixBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"prefix\": \"...\"}}: {e}"),
+        )
+    })?;
+    let prefix: IpNet = body.prefix.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not an IP prefix", body.prefix),
+        )
+    })?;
     check_prefix(&prefix).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     Ok(prefix)
 }
 
-async fn advertise(State(speaker): Api, body: Bytes) -> Result<axum::Json<serde_json::Value>, ApiError> {
+async fn advertise(
+    State(speaker): Api,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let prefix = parse_prefix_body(&body)?;
     speaker.advertise(prefix);
     tracing::info!(%prefix, "prefix advertised through the admin API");
-    Ok(axum::Json(json!({ "prefix": prefix.to_string(), "advertised": true })))
+    Ok(axum::Json(
+        json!({ "prefix": prefix.to_string(), "advertised": true }),
+    ))
 }
 
-async fn withdraw(State(speaker): Api, body: Bytes) -> Result<axum::Json<serde_json::Value>, ApiError> {
+async fn withdraw(
+    State(speaker): Api,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let prefix = parse_prefix_body(&body)?;
     if !speaker.withdraw(prefix) {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("{prefix} is not advertised")));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{prefix} is not advertised"),
+        ));
     }
     tracing::info!(%prefix, "prefix withdrawn through the admin API");
-    Ok(axum::Json(json!({ "prefix": prefix.to_string(), "advertised": false })))
+    Ok(axum::Json(
+        json!({ "prefix": prefix.to_string(), "advertised": false }),
+    ))
 }
 
-async fn refresh(State(speaker): Api, UrlPath(addr): UrlPath<String>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let peer: IpAddr =
-        addr.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{addr:?} is not an IP address")))?;
+async fn refresh(
+    State(speaker): Api,
+    UrlPath(addr): UrlPath<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let peer: IpAddr = addr.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{addr:?} is not an IP address"),
+        )
+    })?;
     speaker.refresh(peer).await?;
     Ok(axum::Json(json!({ "peer": peer, "sent": true })))
 }
 
 async fn metrics(State(speaker): Api) -> impl IntoResponse {
     let peers = speaker.peers();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics(&peers))
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&peers),
+    )
 }
+
+/// Name, help text and value of a per-peer metric.
+type PeerGauge = (&'static str, &'static str, fn(&PeerStatus) -> u64);
 
 /// Prometheus text exposition of the session and prefix gauges.
 pub fn render_metrics(peers: &[PeerStatus]) -> String {
     let mut out = String::new();
-    out.push_str("# HELP reef_bgp_sessions BGP sessions by state.\n# TYPE reef_bgp_sessions gauge\n");
+    out.push_str(
+        "# HELP reef_bgp_sessions BGP sessions by state.\n# TYPE reef_bgp_sessions gauge\n",
+    );
     for state in SessionState::ALL {
         let count = peers.iter().filter(|p| p.state == state.name()).count();
-        let _ = writeln!(out, "reef_bgp_sessions{{state=\"{}\"}} {count}", state.name());
+        let _ = writeln!(
+            out,
+            "reef_bgp_sessions{{state=\"{}\"}} {count}",
+            state.name()
+        );
     }
-    let gauges: [(&str, &str, fn(&PeerStatus) -> u64); 4] = [
-        ("reef_bgp_session_established", "1 if the session is Established.", |p| u64::from(p.state == "Established")),
-        ("reef_bgp_prefixes_received", "Routes in the peer's Adj-RIB-In.", |p| p.prefixes_received as u64),
-        ("reef_bgp_prefixes_advertised", "Prefixes advertised to the peer.", |p| p.prefixes_advertised as u64),
-        ("reef_bgp_updates_received_total", "UPDATE messages received from the peer.", |p| p.updates_received),
+    let gauges: [PeerGauge; 4] = [
+        (
+            "reef_bgp_session_established",
+            "1 if the session is Established.",
+            |p| u64::from(p.state == "Established"),
+        ),
+        (
+            "reef_bgp_prefixes_received",
+            "Routes in the peer's Adj-RIB-In.",
+            |p| p.prefixes_received as u64,
+        ),
+        (
+            "reef_bgp_prefixes_advertised",
+            "Prefixes advertised to the peer.",
+            |p| p.prefixes_advertised as u64,
+        ),
+        (
+            "reef_bgp_updates_received_total",
+            "UPDATE messages received from the peer.",
+            |p| p.updates_received,
+        ),
     ];
     for (name, help, value) in gauges {
-        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for peer in peers {
             let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", peer.address, value(peer));

@@ -45,7 +45,10 @@ impl Listen {
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { address: Listen::default_address(), port: Listen::default_port() }
+        Listen {
+            address: Listen::default_address(),
+            port: Listen::default_port(),
+        }
     }
 }
 
@@ -64,7 +67,9 @@ impl Admin {
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin { socket: Admin::default_socket() }
+        Admin {
+            socket: Admin::default_socket(),
+        }
     }
 }
 
@@ -91,17 +96,23 @@ pub struct Peer {
 /// Rejects prefixes with host bits set: "10.0.0.1/24" is almost always a typo for an address.
 pub fn check_prefix(prefix: &IpNet) -> anyhow::Result<()> {
     if prefix.trunc() != *prefix {
-        bail!("prefix {prefix} has host bits set (did you mean {}?)", prefix.trunc());
+        bail!(
+            "prefix {prefix} has host bits set (did you mean {}?)",
+            prefix.trunc()
+        );
     }
     Ok(())
 }
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let config: Config =
-            serde_saphyr::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        config.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let config: Config = serde_saphyr::from_str(&text)
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid config {}", path.display()))?;
         Ok(config)
     }
 
@@ -115,10 +126,16 @@ impl Config {
                 bail!("peer {} is configured twice", peer.address);
             }
             if matches!(peer.hold_time, Some(1 | 2)) {
-                bail!("peer {}: holdTime must be 0 or at least 3 seconds", peer.address);
+                bail!(
+                    "peer {}: holdTime must be 0 or at least 3 seconds",
+                    peer.address
+                );
             }
             if peer.ttl_security.is_some() && peer.multihop.is_some() {
-                bail!("peer {}: ttlSecurity and multihop exclude each other", peer.address);
+                bail!(
+                    "peer {}: ttlSecurity and multihop exclude each other",
+                    peer.address
+                );
             }
             if let Some(key) = &peer.password
                 && key.len() > reef_bgp::driver::socket::MD5_MAX_KEY_LEN
@@ -133,7 +150,8 @@ impl Config {
         SpeakerConfig {
             router_id: self.router_id,
             local_as: self.as_number,
-            listen: (self.listen.port != 0).then(|| SocketAddr::new(self.listen.address, self.listen.port)),
+            listen: (self.listen.port != 0)
+                .then(|| SocketAddr::new(self.listen.address, self.listen.port)),
         }
     }
 
@@ -188,7 +206,10 @@ peers:
         assert_eq!(peers[0].connect_retry, Duration::from_secs(1));
         assert_eq!(peers[1].port, 179);
         assert_eq!(peers[1].multihop, Some(2));
-        assert_eq!(config.speaker().listen, Some("0.0.0.0:179".parse().unwrap()));
+        assert_eq!(
+            config.speaker().listen,
+            Some("0.0.0.0:179".parse().unwrap())
+        );
     }
 
     #[test]
@@ -199,7 +220,15 @@ peers:
             serde_saphyr::from_str("routerId: 1.1.1.1\nasNumber: 1\npeers: [{address: 1.1.1.2, asNumber: 2, holdTime: 2}]\n")
                 .unwrap();
         assert!(hold.validate().is_err());
-        let host_bits: Config = serde_saphyr::from_str("routerId: 1.1.1.1\nasNumber: 1\nprefixes: [10.0.0.1/24]\n").unwrap();
-        assert!(host_bits.validate().unwrap_err().to_string().contains("host bits"));
+        let host_bits: Config =
+            serde_saphyr::from_str("routerId: 1.1.1.1\nasNumber: 1\nprefixes: [10.0.0.1/24]\n")
+                .unwrap();
+        assert!(
+            host_bits
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("host bits")
+        );
     }
 }

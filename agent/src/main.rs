@@ -21,7 +21,11 @@ enum LogFormat {
 }
 
 #[derive(Parser)]
-#[command(name = "reefd", version, about = "The Reef node agent (speaker mode: BGP from a YAML config)")]
+#[command(
+    name = "reefd",
+    version,
+    about = "The Reef node agent (speaker mode: BGP from a YAML config)"
+)]
 struct Cli {
     /// The YAML config file.
     #[arg(long, short = 'c')]
@@ -34,8 +38,11 @@ struct Cli {
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -49,7 +56,12 @@ async fn main() -> anyhow::Result<()> {
     let config = config::Config::load(&cli.config)?;
     let speaker = Speaker::start(config.speaker(), config.peers(), config.prefixes.clone())
         .await
-        .with_context(|| format!("cannot start the BGP speaker (listen {:?})", config.speaker().listen))?;
+        .with_context(|| {
+            format!(
+                "cannot start the BGP speaker (listen {:?})",
+                config.speaker().listen
+            )
+        })?;
     let speaker = Arc::new(speaker);
     let admin = admin::serve(&config.admin.socket, speaker.clone()).await?;
     info!(
@@ -57,8 +69,10 @@ async fn main() -> anyhow::Result<()> {
         admin = %config.admin.socket.display(), "reefd started (speaker mode)"
     );
 
-    let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     tokio::select! {
         _ = terminate.recv() => info!("SIGTERM: shutting down"),
         _ = interrupt.recv() => info!("SIGINT: shutting down"),

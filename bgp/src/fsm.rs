@@ -23,8 +23,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::wire::{
-    AS_TRANS, AfiSafi, AfiSafiSet, Capability, CeaseSubcode, CodecContext, FsmSubcode, Message, MessageError,
-    Notification, Open, OpenError, RouteRefresh, Update,
+    AS_TRANS, AfiSafi, AfiSafiSet, Capability, CeaseSubcode, CodecContext, FsmSubcode, Message,
+    MessageError, Notification, Open, OpenError, RouteRefresh, Update,
 };
 
 /// The hold time used while waiting for the peer's OPEN ("a large value", RFC 4271 §8.2.2 suggests 4 min).
@@ -42,8 +42,14 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 6] =
-        [State::Idle, State::Connect, State::Active, State::OpenSent, State::OpenConfirm, State::Established];
+    pub const ALL: [State; 6] = [
+        State::Idle,
+        State::Connect,
+        State::Active,
+        State::OpenSent,
+        State::OpenConfirm,
+        State::Established,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,10 +91,17 @@ pub enum Timer {
 }
 
 impl Timer {
-    pub const ALL: [Timer; 4] = [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive, Timer::IdleHold];
+    pub const ALL: [Timer; 4] = [
+        Timer::ConnectRetry,
+        Timer::Hold,
+        Timer::Keepalive,
+        Timer::IdleHold,
+    ];
 }
 
 /// RFC 4271 §8.1 events.
+// Inputs are moved once into `handle`; boxing every received message would add an allocation per UPDATE.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Input {
     /// Event 1: the operator starts the session (resets the back-off).
@@ -129,7 +142,9 @@ impl fmt::Display for DownReason {
         match self {
             DownReason::NotificationSent(n) => write!(f, "sent NOTIFICATION: {n}"),
             DownReason::NotificationReceived(n) => write!(f, "received NOTIFICATION: {n}"),
-            DownReason::ConnectionClosed => f.write_str("TCP connection closed without NOTIFICATION"),
+            DownReason::ConnectionClosed => {
+                f.write_str("TCP connection closed without NOTIFICATION")
+            }
         }
     }
 }
@@ -160,17 +175,28 @@ pub enum Output {
     Connect,
     /// Abandon the outbound connection attempt in progress (its result must be ignored).
     AbortConnect,
-    SendMessage { conn: ConnId, message: Message },
+    SendMessage {
+        conn: ConnId,
+        message: Message,
+    },
     /// Close after the messages already queued for it are written.
-    CloseConnection { conn: ConnId },
+    CloseConnection {
+        conn: ConnId,
+    },
     StartTimer(Timer, Duration),
     StopTimer(Timer),
-    StateChanged { from: State, to: State },
+    StateChanged {
+        from: State,
+        to: State,
+    },
     Established(Box<NegotiatedSession>),
     RouteUpdate(Update),
     RouteRefreshRequested(RouteRefresh),
     /// The session (or its last connection) went down. `was_established`: routes learned must go.
-    SessionDown { reason: DownReason, was_established: bool },
+    SessionDown {
+        reason: DownReason,
+        was_established: bool,
+    },
 }
 
 /// Per-peer session configuration.
@@ -206,7 +232,9 @@ impl SessionConfig {
             keepalive_time: None,
             connect_retry: Duration::from_secs(5),
             passive: false,
-            families: [AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST].into_iter().collect(),
+            families: [AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST]
+                .into_iter()
+                .collect(),
             idle_hold: Duration::from_secs(1),
             idle_hold_max: Duration::from_secs(60),
             stable_time: Duration::from_secs(60),
@@ -219,7 +247,11 @@ impl SessionConfig {
 
     /// Our OPEN: Multiprotocol per family, route refresh, 4-octet AS, extended message.
     pub fn local_open(&self) -> Open {
-        let mut capabilities: Vec<Capability> = self.families.iter().map(Capability::Multiprotocol).collect();
+        let mut capabilities: Vec<Capability> = self
+            .families
+            .iter()
+            .map(Capability::Multiprotocol)
+            .collect();
         capabilities.push(Capability::RouteRefresh);
         capabilities.push(Capability::FourOctetAs(self.local_as));
         capabilities.push(Capability::ExtendedMessage);
@@ -323,7 +355,9 @@ impl Session {
             Input::ConnectFailed => self.connect_failed(),
             Input::TcpConnectionFails { conn } => self.connection_failed(conn, now, out),
             Input::MessageReceived { conn, message } => self.message(conn, message, now, out),
-            Input::MessageError { conn, error } => self.connection_error(conn, error.notification(), now, out),
+            Input::MessageError { conn, error } => {
+                self.connection_error(conn, error.notification(), now, out)
+            }
             Input::TimerExpired(timer) => self.timer(timer, now, out),
         }
         self.report_state(out);
@@ -332,7 +366,11 @@ impl Session {
     fn report_state(&mut self, out: &mut Vec<Output>) {
         let current = if self.established.is_some() {
             State::Established
-        } else if self.conns.iter().any(|c| matches!(c.state, ConnState::OpenConfirm(_))) {
+        } else if self
+            .conns
+            .iter()
+            .any(|c| matches!(c.state, ConnState::OpenConfirm(_)))
+        {
             State::OpenConfirm
         } else if !self.conns.is_empty() {
             State::OpenSent
@@ -340,7 +378,10 @@ impl Session {
             self.phase
         };
         if current != self.reported {
-            out.push(Output::StateChanged { from: self.reported, to: current });
+            out.push(Output::StateChanged {
+                from: self.reported,
+                to: current,
+            });
             self.reported = current;
         }
     }
@@ -366,7 +407,10 @@ impl Session {
     fn connect(&mut self, out: &mut Vec<Output>) {
         self.connecting = true;
         out.push(Output::Connect);
-        out.push(Output::StartTimer(Timer::ConnectRetry, self.config.connect_retry));
+        out.push(Output::StartTimer(
+            Timer::ConnectRetry,
+            self.config.connect_retry,
+        ));
     }
 
     fn abort_connect(&mut self, out: &mut Vec<Output>) {
@@ -381,7 +425,10 @@ impl Session {
         let notification = Notification::cease(CeaseSubcode::AdministrativeShutdown);
         let had_conns = !self.conns.is_empty();
         for conn in std::mem::take(&mut self.conns) {
-            out.push(Output::SendMessage { conn: conn.id, message: Message::Notification(notification.clone()) });
+            out.push(Output::SendMessage {
+                conn: conn.id,
+                message: Message::Notification(notification.clone()),
+            });
             out.push(Output::CloseConnection { conn: conn.id });
         }
         self.abort_connect(out);
@@ -400,7 +447,11 @@ impl Session {
     }
 
     fn outbound_connected(&mut self, conn: ConnId, out: &mut Vec<Output>) {
-        if !self.connecting || self.phase == State::Idle || self.established.is_some() || self.conns.len() >= 2 {
+        if !self.connecting
+            || self.phase == State::Idle
+            || self.established.is_some()
+            || self.conns.len() >= 2
+        {
             // A late result of an abandoned attempt.
             out.push(Output::CloseConnection { conn });
             return;
@@ -420,7 +471,10 @@ impl Session {
             // RFC 4271 §6.8: "collision with existing BGP connection that is in the Established state
             // causes closing of the newly created connection."
             let cease = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
-            out.push(Output::SendMessage { conn, message: Message::Notification(cease) });
+            out.push(Output::SendMessage {
+                conn,
+                message: Message::Notification(cease),
+            });
             out.push(Output::CloseConnection { conn });
             return;
         }
@@ -436,8 +490,15 @@ impl Session {
         if self.conns.is_empty() {
             out.push(Output::StartTimer(Timer::Hold, OPEN_HOLD_TIME));
         }
-        self.conns.push(Conn { id: conn, direction, state: ConnState::OpenSent });
-        out.push(Output::SendMessage { conn, message: Message::Open(self.local_open.clone()) });
+        self.conns.push(Conn {
+            id: conn,
+            direction,
+            state: ConnState::OpenSent,
+        });
+        out.push(Output::SendMessage {
+            conn,
+            message: Message::Open(self.local_open.clone()),
+        });
     }
 
     fn connect_failed(&mut self) {
@@ -451,7 +512,9 @@ impl Session {
     }
 
     fn connection_failed(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Output>) {
-        let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
+        let Some(index) = self.conns.iter().position(|c| c.id == conn) else {
+            return;
+        };
         let lost = self.conns.remove(index);
         let was_established = matches!(lost.state, ConnState::Established);
         out.push(Output::CloseConnection { conn });
@@ -462,10 +525,21 @@ impl Session {
 
     /// An error on one connection: NOTIFICATION, close; the session goes down unless a collision
     /// partner remains.
-    fn connection_error(&mut self, conn: ConnId, notification: Notification, now: Instant, out: &mut Vec<Output>) {
-        let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
+    fn connection_error(
+        &mut self,
+        conn: ConnId,
+        notification: Notification,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(index) = self.conns.iter().position(|c| c.id == conn) else {
+            return;
+        };
         let lost = self.conns.remove(index);
-        out.push(Output::SendMessage { conn, message: Message::Notification(notification.clone()) });
+        out.push(Output::SendMessage {
+            conn,
+            message: Message::Notification(notification.clone()),
+        });
         out.push(Output::CloseConnection { conn });
         if matches!(lost.state, ConnState::Established) || self.conns.is_empty() {
             self.go_down(DownReason::NotificationSent(notification), now, out);
@@ -476,7 +550,10 @@ impl Session {
     fn go_down(&mut self, reason: DownReason, now: Instant, out: &mut Vec<Output>) {
         for conn in std::mem::take(&mut self.conns) {
             if let DownReason::NotificationSent(n) = &reason {
-                out.push(Output::SendMessage { conn: conn.id, message: Message::Notification(n.clone()) });
+                out.push(Output::SendMessage {
+                    conn: conn.id,
+                    message: Message::Notification(n.clone()),
+                });
             }
             out.push(Output::CloseConnection { conn: conn.id });
         }
@@ -498,13 +575,19 @@ impl Session {
         if self.started {
             out.push(Output::StartTimer(Timer::IdleHold, self.idle_hold_time()));
         }
-        out.push(Output::SessionDown { reason, was_established });
+        out.push(Output::SessionDown {
+            reason,
+            was_established,
+        });
     }
 
     /// IdleHold after the current number of consecutive failures: idle_hold * 2^(failures-1), capped.
     pub fn idle_hold_time(&self) -> Duration {
         let doublings = self.failures.saturating_sub(1).min(16);
-        self.config.idle_hold.saturating_mul(1 << doublings).min(self.config.idle_hold_max)
+        self.config
+            .idle_hold
+            .saturating_mul(1 << doublings)
+            .min(self.config.idle_hold_max)
     }
 
     fn timer(&mut self, timer: Timer, now: Instant, out: &mut Vec<Output>) {
@@ -523,14 +606,24 @@ impl Session {
             }
             Timer::Hold => {
                 if !self.conns.is_empty() {
-                    self.go_down(DownReason::NotificationSent(Notification::hold_timer_expired()), now, out);
+                    self.go_down(
+                        DownReason::NotificationSent(Notification::hold_timer_expired()),
+                        now,
+                        out,
+                    );
                 }
             }
             Timer::Keepalive => {
                 let mut sent = false;
                 for conn in &self.conns {
-                    if matches!(conn.state, ConnState::OpenConfirm(_) | ConnState::Established) {
-                        out.push(Output::SendMessage { conn: conn.id, message: Message::Keepalive });
+                    if matches!(
+                        conn.state,
+                        ConnState::OpenConfirm(_) | ConnState::Established
+                    ) {
+                        out.push(Output::SendMessage {
+                            conn: conn.id,
+                            message: Message::Keepalive,
+                        });
                         sent = true;
                     }
                 }
@@ -567,7 +660,9 @@ impl Session {
     }
 
     fn message(&mut self, conn: ConnId, message: Message, now: Instant, out: &mut Vec<Output>) {
-        let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
+        let Some(index) = self.conns.iter().position(|c| c.id == conn) else {
+            return;
+        };
         if let Message::Notification(notification) = message {
             let lost = self.conns.remove(index);
             out.push(Output::CloseConnection { conn });
@@ -578,23 +673,34 @@ impl Session {
         }
         match (&self.conns[index].state, message) {
             (ConnState::OpenSent, Message::Open(open)) => self.open_received(index, open, now, out),
-            (ConnState::OpenSent, _) => {
-                self.connection_error(conn, Notification::fsm(FsmSubcode::UnexpectedMessageInOpenSent), now, out)
-            }
+            (ConnState::OpenSent, _) => self.connection_error(
+                conn,
+                Notification::fsm(FsmSubcode::UnexpectedMessageInOpenSent),
+                now,
+                out,
+            ),
             (ConnState::OpenConfirm(_), Message::Keepalive) => self.establish(index, now, out),
-            (ConnState::OpenConfirm(_), _) => {
-                self.connection_error(conn, Notification::fsm(FsmSubcode::UnexpectedMessageInOpenConfirm), now, out)
-            }
-            (ConnState::Established, Message::Open(_)) => {
-                self.connection_error(conn, Notification::fsm(FsmSubcode::UnexpectedMessageInEstablished), now, out)
-            }
+            (ConnState::OpenConfirm(_), _) => self.connection_error(
+                conn,
+                Notification::fsm(FsmSubcode::UnexpectedMessageInOpenConfirm),
+                now,
+                out,
+            ),
+            (ConnState::Established, Message::Open(_)) => self.connection_error(
+                conn,
+                Notification::fsm(FsmSubcode::UnexpectedMessageInEstablished),
+                now,
+                out,
+            ),
             (ConnState::Established, message) => {
                 if let Some(hold) = self.hold_interval(conn) {
                     out.push(Output::StartTimer(Timer::Hold, hold));
                 }
                 match message {
                     Message::Update(update) => out.push(Output::RouteUpdate(update)),
-                    Message::RouteRefresh(refresh) => out.push(Output::RouteRefreshRequested(refresh)),
+                    Message::RouteRefresh(refresh) => {
+                        out.push(Output::RouteRefreshRequested(refresh))
+                    }
                     _ => {}
                 }
             }
@@ -606,7 +712,12 @@ impl Session {
         let negotiated = match self.negotiate(conn, self.conns[index].direction, open) {
             Ok(negotiated) => negotiated,
             Err(error) => {
-                return self.connection_error(conn, MessageError::Open(error).notification(), now, out);
+                return self.connection_error(
+                    conn,
+                    MessageError::Open(error).notification(),
+                    now,
+                    out,
+                );
             }
         };
         // RFC 4271 §6.8: "the connection initiated by the BGP speaker with the higher-valued BGP
@@ -615,22 +726,41 @@ impl Session {
         let keep_outbound = u32::from(self.config.router_id) > u32::from(negotiated.peer_id);
         let collision = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
         if self.conns.len() > 1 {
-            let this_survives = (self.conns[index].direction == Direction::Outbound) == keep_outbound;
-            let loser = if this_survives { self.conns.iter().position(|c| c.id != conn) } else { Some(index) };
+            let this_survives =
+                (self.conns[index].direction == Direction::Outbound) == keep_outbound;
+            let loser = if this_survives {
+                self.conns.iter().position(|c| c.id != conn)
+            } else {
+                Some(index)
+            };
             if let Some(loser) = loser {
                 let lost = self.conns.remove(loser);
-                out.push(Output::SendMessage { conn: lost.id, message: Message::Notification(collision) });
+                out.push(Output::SendMessage {
+                    conn: lost.id,
+                    message: Message::Notification(collision),
+                });
                 out.push(Output::CloseConnection { conn: lost.id });
             }
             if !this_survives {
                 return;
             }
         }
-        let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
-        out.push(Output::SendMessage { conn, message: Message::Keepalive });
+        let Some(index) = self.conns.iter().position(|c| c.id == conn) else {
+            return;
+        };
+        out.push(Output::SendMessage {
+            conn,
+            message: Message::Keepalive,
+        });
         if negotiated.hold_time > 0 {
-            out.push(Output::StartTimer(Timer::Hold, Duration::from_secs(negotiated.hold_time.into())));
-            out.push(Output::StartTimer(Timer::Keepalive, Duration::from_secs(negotiated.keepalive_time.into())));
+            out.push(Output::StartTimer(
+                Timer::Hold,
+                Duration::from_secs(negotiated.hold_time.into()),
+            ));
+            out.push(Output::StartTimer(
+                Timer::Keepalive,
+                Duration::from_secs(negotiated.keepalive_time.into()),
+            ));
         } else {
             out.push(Output::StopTimer(Timer::Hold));
             out.push(Output::StopTimer(Timer::Keepalive));
@@ -640,13 +770,18 @@ impl Session {
 
     fn establish(&mut self, index: usize, now: Instant, out: &mut Vec<Output>) {
         let state = std::mem::replace(&mut self.conns[index].state, ConnState::Established);
-        let ConnState::OpenConfirm(negotiated) = state else { return };
+        let ConnState::OpenConfirm(negotiated) = state else {
+            return;
+        };
         let conn = self.conns[index].id;
         // Any other connection lost the race.
         let collision = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
         self.conns.retain(|c| {
             if c.id != conn {
-                out.push(Output::SendMessage { conn: c.id, message: Message::Notification(collision.clone()) });
+                out.push(Output::SendMessage {
+                    conn: c.id,
+                    message: Message::Notification(collision.clone()),
+                });
                 out.push(Output::CloseConnection { conn: c.id });
             }
             c.id == conn
@@ -665,22 +800,35 @@ impl Session {
     }
 
     /// RFC 4271 §6.2 OPEN checks and capability negotiation.
-    fn negotiate(&self, conn: ConnId, direction: Direction, open: Open) -> Result<NegotiatedSession, OpenError> {
+    fn negotiate(
+        &self,
+        conn: ConnId,
+        direction: Direction,
+        open: Open,
+    ) -> Result<NegotiatedSession, OpenError> {
         if open.version != 4 {
-            return Err(OpenError::UnsupportedVersionNumber { version: open.version });
+            return Err(OpenError::UnsupportedVersionNumber {
+                version: open.version,
+            });
         }
         // RFC 6793 §4.2: the AS is the 4-octet AS capability's when present; a 2-octet-only speaker of a
         // 4-octet AS shows up as AS_TRANS and cannot match a configured 4-octet AS.
         let peer_as = open.asn();
-        if peer_as != self.config.remote_as || (peer_as == AS_TRANS && open.four_octet_as().is_none()) {
+        if peer_as != self.config.remote_as
+            || (peer_as == AS_TRANS && open.four_octet_as().is_none())
+        {
             return Err(OpenError::BadPeerAs { asn: peer_as });
         }
         // RFC 4271 §6.2: "An implementation MUST reject Hold Time values of one or two seconds."
         if open.hold_time == 1 || open.hold_time == 2 {
-            return Err(OpenError::UnacceptableHoldTime { hold_time: open.hold_time });
+            return Err(OpenError::UnacceptableHoldTime {
+                hold_time: open.hold_time,
+            });
         }
         // RFC 6286 §2.2: a non-zero identifier, unique within the AS (so iBGP must differ from ours).
-        if open.bgp_id.is_unspecified() || (self.config.is_ibgp() && open.bgp_id == self.config.router_id) {
+        if open.bgp_id.is_unspecified()
+            || (self.config.is_ibgp() && open.bgp_id == self.config.router_id)
+        {
             return Err(OpenError::BadBgpIdentifier { id: open.bgp_id });
         }
         let hold_time = self.config.hold_time.min(open.hold_time);
@@ -688,14 +836,21 @@ impl Session {
             0
         } else {
             let third = (hold_time / 3).max(1);
-            self.config.keepalive_time.map_or(third, |k| k.clamp(1, third))
+            self.config
+                .keepalive_time
+                .map_or(third, |k| k.clamp(1, third))
         };
         // RFC 4760 §8: without Multiprotocol capabilities the peer speaks IPv4 unicast only.
         let mut peer_families: AfiSafiSet = open.multiprotocol().collect();
         if open.multiprotocol().next().is_none() {
             peer_families.insert(AfiSafi::IPV4_UNICAST);
         }
-        let families = self.config.families.iter().filter(|af| peer_families.contains(*af)).collect();
+        let families = self
+            .config
+            .families
+            .iter()
+            .filter(|af| peer_families.contains(*af))
+            .collect();
         let route_refresh = open.has_capability(crate::wire::capability_code::ROUTE_REFRESH);
         Ok(NegotiatedSession {
             conn,
@@ -747,7 +902,10 @@ mod tests {
 
     impl Harness {
         fn new(config: SessionConfig) -> Harness {
-            Harness { session: Session::new(config), now: Instant::now() }
+            Harness {
+                session: Session::new(config),
+                now: Instant::now(),
+            }
         }
 
         fn run(&mut self, input: Input) -> Vec<Output> {
@@ -767,7 +925,10 @@ mod tests {
             h.run(Input::TcpConnectionAcknowledged { conn: 1 });
             h.receive(1, Message::Open(open(PEER_AS, 9, HIGHER_ID)));
             let out = h.receive(1, Message::Keepalive);
-            assert!(out.iter().any(|o| matches!(o, Output::Established(_))), "{out:?}");
+            assert!(
+                out.iter().any(|o| matches!(o, Output::Established(_))),
+                "{out:?}"
+            );
             h
         }
     }
@@ -789,7 +950,8 @@ mod tests {
     }
 
     fn closed(out: &[Output], conn: ConnId) -> bool {
-        out.iter().any(|o| matches!(o, Output::CloseConnection { conn: c } if *c == conn))
+        out.iter()
+            .any(|o| matches!(o, Output::CloseConnection { conn: c } if *c == conn))
     }
 
     fn timer_started(out: &[Output], timer: Timer) -> Option<Duration> {
@@ -801,7 +963,10 @@ mod tests {
 
     fn down_reason(out: &[Output]) -> Option<(DownReason, bool)> {
         out.iter().find_map(|o| match o {
-            Output::SessionDown { reason, was_established } => Some((reason.clone(), *was_established)),
+            Output::SessionDown {
+                reason,
+                was_established,
+            } => Some((reason.clone(), *was_established)),
             _ => None,
         })
     }
@@ -817,7 +982,9 @@ mod tests {
         MessageError::Open(match subcode {
             OpenSubcode::BadPeerAs => OpenError::BadPeerAs { asn: 0 },
             OpenSubcode::UnacceptableHoldTime => OpenError::UnacceptableHoldTime { hold_time: 0 },
-            OpenSubcode::BadBgpIdentifier => OpenError::BadBgpIdentifier { id: Ipv4Addr::UNSPECIFIED },
+            OpenSubcode::BadBgpIdentifier => OpenError::BadBgpIdentifier {
+                id: Ipv4Addr::UNSPECIFIED,
+            },
             _ => OpenError::UnsupportedVersionNumber { version: 0 },
         })
         .notification()
@@ -837,7 +1004,10 @@ mod tests {
         let mut h = Harness::new(config());
         let out = h.run(Input::ManualStart);
         assert!(out.iter().any(|o| matches!(o, Output::Connect)));
-        assert_eq!(timer_started(&out, Timer::ConnectRetry), Some(Duration::from_secs(5)));
+        assert_eq!(
+            timer_started(&out, Timer::ConnectRetry),
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(h.session.state(), State::Connect);
     }
 
@@ -859,23 +1029,40 @@ mod tests {
         let mut h = Harness::new(config());
         h.run(Input::ManualStart);
         let out = h.run(Input::TcpConnectionAcknowledged { conn: 1 });
-        let [Message::Open(ours)] = sent(&out, 1).as_slice() else { panic!("{out:?}") };
+        let [Message::Open(ours)] = sent(&out, 1).as_slice() else {
+            panic!("{out:?}")
+        };
         assert_eq!(ours.asn(), LOCAL_AS);
         assert_eq!(ours.hold_time, 9);
         assert_eq!(ours.bgp_id, LOCAL_ID);
         assert!(ours.has_capability(crate::wire::capability_code::ROUTE_REFRESH));
         assert_eq!(ours.multiprotocol().count(), 2);
         assert_eq!(timer_started(&out, Timer::Hold), Some(OPEN_HOLD_TIME));
-        assert!(out.iter().any(|o| matches!(o, Output::StopTimer(Timer::ConnectRetry))));
-        assert!(out.iter().any(|o| matches!(o, Output::StateChanged { from: State::Connect, to: State::OpenSent })));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::StopTimer(Timer::ConnectRetry)))
+        );
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::StateChanged {
+                from: State::Connect,
+                to: State::OpenSent
+            }
+        )));
     }
 
     #[test]
     fn hold_time_is_the_smaller_one_and_keepalive_a_third() {
         let (mut h, out) = answer_open(config(), open(PEER_AS, 6, HIGHER_ID));
         assert!(matches!(sent(&out, 1).as_slice(), [Message::Keepalive]));
-        assert_eq!(timer_started(&out, Timer::Hold), Some(Duration::from_secs(6)));
-        assert_eq!(timer_started(&out, Timer::Keepalive), Some(Duration::from_secs(2)));
+        assert_eq!(
+            timer_started(&out, Timer::Hold),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(
+            timer_started(&out, Timer::Keepalive),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(h.session.state(), State::OpenConfirm);
         let out = h.receive(1, Message::Keepalive);
         let negotiated = negotiated(&out).expect("established");
@@ -894,7 +1081,10 @@ mod tests {
         let mut config = config();
         config.keepalive_time = Some(30);
         let (_, out) = answer_open(config, open(PEER_AS, 9, HIGHER_ID));
-        assert_eq!(timer_started(&out, Timer::Keepalive), Some(Duration::from_secs(3)));
+        assert_eq!(
+            timer_started(&out, Timer::Keepalive),
+            Some(Duration::from_secs(3))
+        );
     }
 
     #[test]
@@ -902,9 +1092,15 @@ mod tests {
         let (mut h, out) = answer_open(config(), open(PEER_AS, 0, HIGHER_ID));
         assert_eq!(timer_started(&out, Timer::Hold), None);
         assert_eq!(timer_started(&out, Timer::Keepalive), None);
-        assert!(out.iter().any(|o| matches!(o, Output::StopTimer(Timer::Hold))));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::StopTimer(Timer::Hold)))
+        );
         let out = h.receive(1, Message::Keepalive);
-        assert_eq!(negotiated(&out).map(|n| (n.hold_time, n.keepalive_time)), Some((0, 0)));
+        assert_eq!(
+            negotiated(&out).map(|n| (n.hold_time, n.keepalive_time)),
+            Some((0, 0))
+        );
         assert_eq!(timer_started(&out, Timer::Hold), None);
         // A KEEPALIVE later does not start a hold timer either.
         let out = h.receive(1, Message::Keepalive);
@@ -915,12 +1111,18 @@ mod tests {
     fn hold_time_of_one_or_two_seconds_is_rejected() {
         for hold in [1, 2] {
             let (mut h, out) = answer_open(config(), open(PEER_AS, hold, HIGHER_ID));
-            assert_eq!(notification(&out, 1), Some(open_error(OpenSubcode::UnacceptableHoldTime)));
+            assert_eq!(
+                notification(&out, 1),
+                Some(open_error(OpenSubcode::UnacceptableHoldTime))
+            );
             assert!(closed(&out, 1));
             assert_eq!(h.session.state(), State::Idle);
             let (reason, was_established) = down_reason(&out).expect("down");
             assert!(!was_established);
-            assert!(reason.to_string().contains("Unacceptable Hold Time"), "{reason}");
+            assert!(
+                reason.to_string().contains("Unacceptable Hold Time"),
+                "{reason}"
+            );
             assert!(h.run(Input::TimerExpired(Timer::Hold)).is_empty());
         }
     }
@@ -928,7 +1130,10 @@ mod tests {
     #[test]
     fn wrong_peer_as_is_rejected_with_bad_peer_as() {
         let (_, out) = answer_open(config(), open(65002, 9, HIGHER_ID));
-        assert_eq!(notification(&out, 1), Some(open_error(OpenSubcode::BadPeerAs)));
+        assert_eq!(
+            notification(&out, 1),
+            Some(open_error(OpenSubcode::BadPeerAs))
+        );
     }
 
     #[test]
@@ -943,17 +1148,26 @@ mod tests {
         // A 2-octet-only speaker shows AS_TRANS, which never matches a 4-octet AS.
         let old = Open::new(4_200_000_001, 9, HIGHER_ID, vec![]);
         let (_, out) = answer_open(config, old);
-        assert_eq!(notification(&out, 1), Some(open_error(OpenSubcode::BadPeerAs)));
+        assert_eq!(
+            notification(&out, 1),
+            Some(open_error(OpenSubcode::BadPeerAs))
+        );
     }
 
     #[test]
     fn zero_or_own_ibgp_identifier_is_rejected() {
         let (_, out) = answer_open(config(), open(PEER_AS, 9, Ipv4Addr::UNSPECIFIED));
-        assert_eq!(notification(&out, 1), Some(open_error(OpenSubcode::BadBgpIdentifier)));
+        assert_eq!(
+            notification(&out, 1),
+            Some(open_error(OpenSubcode::BadBgpIdentifier))
+        );
         let mut ibgp = config();
         ibgp.remote_as = LOCAL_AS;
         let (_, out) = answer_open(ibgp, open(LOCAL_AS, 9, LOCAL_ID));
-        assert_eq!(notification(&out, 1), Some(open_error(OpenSubcode::BadBgpIdentifier)));
+        assert_eq!(
+            notification(&out, 1),
+            Some(open_error(OpenSubcode::BadBgpIdentifier))
+        );
     }
 
     #[test]
@@ -962,7 +1176,10 @@ mod tests {
         peer.version = 3;
         let (_, out) = answer_open(config(), peer);
         let n = notification(&out, 1).expect("notification");
-        assert_eq!(n.subcode, ErrorSubcode::Open(OpenSubcode::UnsupportedVersionNumber));
+        assert_eq!(
+            n.subcode,
+            ErrorSubcode::Open(OpenSubcode::UnsupportedVersionNumber)
+        );
         assert_eq!(&n.data[..], &[0, 4]);
     }
 
@@ -970,7 +1187,11 @@ mod tests {
     fn peer_without_multiprotocol_speaks_ipv4_unicast_only() {
         let (mut h, _) = answer_open(config(), Open::new(PEER_AS, 9, HIGHER_ID, vec![]));
         let out = h.receive(1, Message::Keepalive);
-        let families: Vec<AfiSafi> = negotiated(&out).expect("established").families.iter().collect();
+        let families: Vec<AfiSafi> = negotiated(&out)
+            .expect("established")
+            .families
+            .iter()
+            .collect();
         assert_eq!(families, [AfiSafi::IPV4_UNICAST]);
         assert!(!negotiated(&out).unwrap().route_refresh);
     }
@@ -985,7 +1206,10 @@ mod tests {
         let (reason, was_established) = down_reason(&out).expect("down");
         assert!(was_established);
         assert_eq!(reason.to_string(), "sent NOTIFICATION: Hold Timer Expired");
-        assert_eq!(timer_started(&out, Timer::IdleHold), Some(Duration::from_secs(1)));
+        assert_eq!(
+            timer_started(&out, Timer::IdleHold),
+            Some(Duration::from_secs(1))
+        );
         assert_eq!(h.session.state(), State::Idle);
         // IdleHold expiry starts over.
         let out = h.run(Input::TimerExpired(Timer::IdleHold));
@@ -997,7 +1221,10 @@ mod tests {
         let mut h = Harness::established(config());
         let out = h.run(Input::TimerExpired(Timer::Keepalive));
         assert!(matches!(sent(&out, 1).as_slice(), [Message::Keepalive]));
-        assert_eq!(timer_started(&out, Timer::Keepalive), Some(Duration::from_secs(3)));
+        assert_eq!(
+            timer_started(&out, Timer::Keepalive),
+            Some(Duration::from_secs(3))
+        );
     }
 
     #[test]
@@ -1005,21 +1232,40 @@ mod tests {
         let mut h = Harness::established(config());
         let out = h.receive(1, Message::Update(Update::default()));
         assert!(out.iter().any(|o| matches!(o, Output::RouteUpdate(_))));
-        assert_eq!(timer_started(&out, Timer::Hold), Some(Duration::from_secs(9)));
-        let refresh = RouteRefresh { afi: crate::wire::Afi::IPV4, safi: Safi::UNICAST, subtype: RouteRefreshSubtype::Normal };
+        assert_eq!(
+            timer_started(&out, Timer::Hold),
+            Some(Duration::from_secs(9))
+        );
+        let refresh = RouteRefresh {
+            afi: crate::wire::Afi::IPV4,
+            safi: Safi::UNICAST,
+            subtype: RouteRefreshSubtype::Normal,
+        };
         let out = h.receive(1, Message::RouteRefresh(refresh));
-        assert!(out.iter().any(|o| matches!(o, Output::RouteRefreshRequested(r) if *r == refresh)));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::RouteRefreshRequested(r) if *r == refresh))
+        );
     }
 
     #[test]
     fn received_notification_is_reported_decoded() {
         let mut h = Harness::established(config());
-        let out = h.receive(1, Message::Notification(Notification::cease(CeaseSubcode::AdministrativeShutdown)));
-        assert!(notification(&out, 1).is_none(), "no NOTIFICATION answers a NOTIFICATION");
+        let out = h.receive(
+            1,
+            Message::Notification(Notification::cease(CeaseSubcode::AdministrativeShutdown)),
+        );
+        assert!(
+            notification(&out, 1).is_none(),
+            "no NOTIFICATION answers a NOTIFICATION"
+        );
         assert!(closed(&out, 1));
         let (reason, was_established) = down_reason(&out).expect("down");
         assert!(was_established);
-        assert_eq!(reason.to_string(), "received NOTIFICATION: Cease: Administrative Shutdown");
+        assert_eq!(
+            reason.to_string(),
+            "received NOTIFICATION: Cease: Administrative Shutdown"
+        );
     }
 
     #[test]
@@ -1028,24 +1274,46 @@ mod tests {
         h.run(Input::ManualStart);
         h.run(Input::TcpConnectionAcknowledged { conn: 1 });
         let out = h.receive(1, Message::Keepalive);
-        assert_eq!(notification(&out, 1), Some(Notification::fsm(FsmSubcode::UnexpectedMessageInOpenSent)));
+        assert_eq!(
+            notification(&out, 1),
+            Some(Notification::fsm(FsmSubcode::UnexpectedMessageInOpenSent))
+        );
 
         let (mut h, _) = answer_open(config(), open(PEER_AS, 9, HIGHER_ID));
         let out = h.receive(1, Message::Update(Update::default()));
-        assert_eq!(notification(&out, 1), Some(Notification::fsm(FsmSubcode::UnexpectedMessageInOpenConfirm)));
+        assert_eq!(
+            notification(&out, 1),
+            Some(Notification::fsm(
+                FsmSubcode::UnexpectedMessageInOpenConfirm
+            ))
+        );
 
         let mut h = Harness::established(config());
         let out = h.receive(1, Message::Open(open(PEER_AS, 9, HIGHER_ID)));
-        assert_eq!(notification(&out, 1), Some(Notification::fsm(FsmSubcode::UnexpectedMessageInEstablished)));
+        assert_eq!(
+            notification(&out, 1),
+            Some(Notification::fsm(
+                FsmSubcode::UnexpectedMessageInEstablished
+            ))
+        );
     }
 
     #[test]
     fn decode_errors_send_the_codec_notification() {
         let mut h = Harness::established(config());
         let error = MessageError::Update(crate::wire::UpdateError::MalformedAsPath);
-        let out = h.run(Input::MessageError { conn: 1, error: error.clone() });
+        let out = h.run(Input::MessageError {
+            conn: 1,
+            error: error.clone(),
+        });
         assert_eq!(notification(&out, 1), Some(error.notification()));
-        assert!(down_reason(&out).expect("down").0.to_string().contains("Malformed AS_PATH"));
+        assert!(
+            down_reason(&out)
+                .expect("down")
+                .0
+                .to_string()
+                .contains("Malformed AS_PATH")
+        );
     }
 
     /// Outbound connection 1 and inbound connection 2 both in OpenSent, then the peer's OPEN on `on`.
@@ -1069,7 +1337,10 @@ mod tests {
         assert_eq!(h.session.state(), State::OpenSent);
         h.receive(1, Message::Open(open(PEER_AS, 9, LOWER_ID)));
         let out = h.receive(1, Message::Keepalive);
-        assert_eq!(negotiated(&out).map(|n| n.direction), Some(Direction::Outbound));
+        assert_eq!(
+            negotiated(&out).map(|n| n.direction),
+            Some(Direction::Outbound)
+        );
         // OPEN on the outbound connection: the inbound one is closed.
         let (_, out) = collide(LOWER_ID, 1);
         assert_eq!(notification(&out, 2), Some(cease));
@@ -1084,7 +1355,10 @@ mod tests {
         assert!(closed(&out, 1) && !closed(&out, 2));
         assert!(matches!(sent(&out, 2).as_slice(), [Message::Keepalive]));
         let out = h.receive(2, Message::Keepalive);
-        assert_eq!(negotiated(&out).map(|n| n.direction), Some(Direction::Inbound));
+        assert_eq!(
+            negotiated(&out).map(|n| n.direction),
+            Some(Direction::Inbound)
+        );
         assert!(down_reason(&out).is_none());
     }
 
@@ -1092,7 +1366,12 @@ mod tests {
     fn connection_while_established_is_closed() {
         let mut h = Harness::established(config());
         let out = h.run(Input::TcpConnectionConfirmed { conn: 2 });
-        assert_eq!(notification(&out, 2), Some(Notification::cease(CeaseSubcode::ConnectionCollisionResolution)));
+        assert_eq!(
+            notification(&out, 2),
+            Some(Notification::cease(
+                CeaseSubcode::ConnectionCollisionResolution
+            ))
+        );
         assert!(closed(&out, 2) && !closed(&out, 1));
         assert_eq!(h.session.established_conn(), Some(1));
     }
@@ -1127,7 +1406,10 @@ mod tests {
         h.receive(9, Message::Keepalive);
         h.now += Duration::from_secs(61);
         let out = h.run(Input::TimerExpired(Timer::Hold));
-        assert_eq!(timer_started(&out, Timer::IdleHold), Some(Duration::from_secs(2)));
+        assert_eq!(
+            timer_started(&out, Timer::IdleHold),
+            Some(Duration::from_secs(2))
+        );
     }
 
     #[test]
@@ -1165,7 +1447,10 @@ mod tests {
     fn manual_stop_sends_administrative_shutdown_and_stays_idle() {
         let mut h = Harness::established(config());
         let out = h.run(Input::ManualStop);
-        assert_eq!(notification(&out, 1), Some(Notification::cease(CeaseSubcode::AdministrativeShutdown)));
+        assert_eq!(
+            notification(&out, 1),
+            Some(Notification::cease(CeaseSubcode::AdministrativeShutdown))
+        );
         assert!(closed(&out, 1));
         assert_eq!(timer_started(&out, Timer::IdleHold), None);
         assert_eq!(h.session.state(), State::Idle);
@@ -1177,7 +1462,10 @@ mod tests {
     fn tcp_failure_in_established_drops_the_session() {
         let mut h = Harness::established(config());
         let out = h.run(Input::TcpConnectionFails { conn: 1 });
-        assert_eq!(down_reason(&out), Some((DownReason::ConnectionClosed, true)));
+        assert_eq!(
+            down_reason(&out),
+            Some((DownReason::ConnectionClosed, true))
+        );
         assert_eq!(h.session.state(), State::Idle);
     }
 }

@@ -106,12 +106,19 @@ struct AttrKey {
 impl AttrTable {
     /// The id of this attribute set, interning it on first sight. The reference is not counted yet.
     fn intern(&mut self, raw: &Bytes, next_hop: Option<NextHop>, attrs: &PathAttributes) -> AttrId {
-        let probe = AttrKey { raw: raw.clone(), next_hop };
+        let probe = AttrKey {
+            raw: raw.clone(),
+            next_hop,
+        };
         if let Some(&id) = self.index.get(&probe) {
             return id;
         }
         let owned = Bytes::copy_from_slice(raw);
-        let set = Arc::new(AttributeSet { raw: owned.clone(), next_hop, attrs: attrs.clone() });
+        let set = Arc::new(AttributeSet {
+            raw: owned.clone(),
+            next_hop,
+            attrs: attrs.clone(),
+        });
         let id = match self.free.pop() {
             Some(id) => {
                 self.sets[id as usize] = Some((set, 0));
@@ -123,7 +130,13 @@ impl AttrTable {
                 (self.sets.len() - 1) as AttrId
             }
         };
-        self.index.insert(AttrKey { raw: owned, next_hop }, id);
+        self.index.insert(
+            AttrKey {
+                raw: owned,
+                next_hop,
+            },
+            id,
+        );
         id
     }
 
@@ -134,11 +147,16 @@ impl AttrTable {
     }
 
     fn release(&mut self, id: AttrId) {
-        let Some(slot) = self.sets.get_mut(id as usize) else { return };
+        let Some(slot) = self.sets.get_mut(id as usize) else {
+            return;
+        };
         let Some((set, refs)) = slot else { return };
         *refs = refs.saturating_sub(1);
         if *refs == 0 {
-            let key = AttrKey { raw: set.raw.clone(), next_hop: set.next_hop };
+            let key = AttrKey {
+                raw: set.raw.clone(),
+                next_hop: set.next_hop,
+            };
             self.index.remove(&key);
             *slot = None;
             self.free.push(id);
@@ -202,11 +220,19 @@ pub struct AdjRibIn {
 }
 
 fn key_v4(net: Ipv4Net, path_id: Option<u32>) -> KeyV4 {
-    KeyV4 { addr: u32::from(net.network()), path_id: path_id.unwrap_or(0), len: net.prefix_len() }
+    KeyV4 {
+        addr: u32::from(net.network()),
+        path_id: path_id.unwrap_or(0),
+        len: net.prefix_len(),
+    }
 }
 
 fn key_v6(net: Ipv6Net, path_id: Option<u32>) -> KeyV6 {
-    KeyV6 { addr: net.network().octets(), path_id: path_id.unwrap_or(0), len: net.prefix_len() }
+    KeyV6 {
+        addr: net.network().octets(),
+        path_id: path_id.unwrap_or(0),
+        len: net.prefix_len(),
+    }
 }
 
 impl AdjRibIn {
@@ -241,19 +267,28 @@ impl AdjRibIn {
     /// Applies one UPDATE: withdrawals, then announcements (an announcement of a known prefix replaces
     /// it: implicit withdraw, RFC 4271 §3.1).
     pub fn apply(&mut self, update: &Update) -> ApplyStats {
-        let mut stats = ApplyStats { end_of_rib: update.end_of_rib(), ..ApplyStats::default() };
+        let mut stats = ApplyStats {
+            end_of_rib: update.end_of_rib(),
+            ..ApplyStats::default()
+        };
         if let Some(family) = stats.end_of_rib {
             self.end_of_rib.insert(family);
             return stats;
         }
-        for nlri in update.withdrawn.iter().chain(update.mp_unreach.iter().flat_map(|mp| mp.withdrawn.iter())) {
+        for nlri in update
+            .withdrawn
+            .iter()
+            .chain(update.mp_unreach.iter().flat_map(|mp| mp.withdrawn.iter()))
+        {
             stats.withdrawn += usize::from(self.remove(nlri));
         }
         // The codec has already moved the NLRI of a treat-as-withdraw UPDATE to the withdrawals.
         stats.treated_as_withdraw = update.treat_as_withdraw;
         if !update.nlri.is_empty() {
             let next_hop = update.attributes.next_hop.map(NextHop::V4);
-            let id = self.attrs.intern(&update.raw_attributes, next_hop, &update.attributes);
+            let id = self
+                .attrs
+                .intern(&update.raw_attributes, next_hop, &update.attributes);
             for nlri in &update.nlri {
                 self.insert(nlri, id);
             }
@@ -261,7 +296,11 @@ impl AdjRibIn {
             self.attrs.collect_unused(id);
         }
         if let Some(mp) = update.mp_reach.as_ref().filter(|mp| !mp.nlri.is_empty()) {
-            let id = self.attrs.intern(&update.raw_attributes, Some(mp.next_hop), &update.attributes);
+            let id = self.attrs.intern(
+                &update.raw_attributes,
+                Some(mp.next_hop),
+                &update.attributes,
+            );
             for nlri in &mp.nlri {
                 self.insert(nlri, id);
             }
@@ -303,7 +342,11 @@ impl AdjRibIn {
             IpNet::V6(net) => *self.v6.get(&key_v6(net.trunc(), None))?,
         };
         let attributes = self.attrs.get(id)?.clone();
-        Some(Route { prefix: prefix.trunc(), path_id: None, attributes })
+        Some(Route {
+            prefix: prefix.trunc(),
+            path_id: None,
+            attributes,
+        })
     }
 
     /// All routes, sorted by prefix then path id.
@@ -311,20 +354,185 @@ impl AdjRibIn {
         let mut routes: Vec<Route> = Vec::with_capacity(self.len());
         let path_id = |id: u32| (id != 0).then_some(id);
         for (key, id) in &self.v4 {
-            let (Some(attributes), Ok(net)) = (self.attrs.get(*id), Ipv4Net::new(Ipv4Addr::from(key.addr), key.len))
-            else {
+            let (Some(attributes), Ok(net)) = (
+                self.attrs.get(*id),
+                Ipv4Net::new(Ipv4Addr::from(key.addr), key.len),
+            ) else {
                 continue;
             };
-            routes.push(Route { prefix: IpNet::V4(net), path_id: path_id(key.path_id), attributes: attributes.clone() });
+            routes.push(Route {
+                prefix: IpNet::V4(net),
+                path_id: path_id(key.path_id),
+                attributes: attributes.clone(),
+            });
         }
         for (key, id) in &self.v6 {
-            let (Some(attributes), Ok(net)) = (self.attrs.get(*id), Ipv6Net::new(Ipv6Addr::from(key.addr), key.len))
-            else {
+            let (Some(attributes), Ok(net)) = (
+                self.attrs.get(*id),
+                Ipv6Net::new(Ipv6Addr::from(key.addr), key.len),
+            ) else {
                 continue;
             };
-            routes.push(Route { prefix: IpNet::V6(net), path_id: path_id(key.path_id), attributes: attributes.clone() });
+            routes.push(Route {
+                prefix: IpNet::V6(net),
+                path_id: path_id(key.path_id),
+                attributes: attributes.clone(),
+            });
         }
-        routes.sort_by(|a, b| (a.prefix, a.path_id).cmp(&(b.prefix, b.path_id)));
+        routes.sort_by_key(|route| (route.prefix, route.path_id));
         routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{AsPath, CodecContext, Message, MpReach, Origin, decode};
+    use std::net::Ipv4Addr;
+
+    fn attrs(med: u32) -> PathAttributes {
+        PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath::from_sequence(vec![65001])),
+            med: Some(med),
+            ..PathAttributes::default()
+        }
+    }
+
+    fn nlri(prefixes: &[&str]) -> Vec<Nlri> {
+        prefixes
+            .iter()
+            .map(|p| Nlri::new(p.parse().unwrap()))
+            .collect()
+    }
+
+    /// An UPDATE as it arrives: encoded and decoded, so `raw_attributes` is the wire form.
+    fn received(update: Update) -> Update {
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let bytes = Message::Update(update).to_bytes(&ctx).unwrap();
+        match decode(&bytes, &ctx).unwrap() {
+            Message::Update(update) => update,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn announce(med: u32, prefixes: &[&str]) -> Update {
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let next_hop = NextHop::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let mut updates = Update::announce(&attrs(med), next_hop, &nlri(prefixes), &ctx).unwrap();
+        received(updates.remove(0))
+    }
+
+    #[test]
+    fn equal_attributes_are_interned_once() {
+        let mut rib = AdjRibIn::new();
+        rib.apply(&announce(1, &["10.0.0.0/24", "10.0.1.0/24"]));
+        rib.apply(&announce(1, &["10.0.2.0/24"]));
+        rib.apply(&announce(2, &["10.0.3.0/24"]));
+        assert_eq!(rib.len(), 4);
+        assert_eq!(rib.attribute_sets(), 2);
+        let a = rib.get("10.0.0.0/24".parse().unwrap()).unwrap();
+        let b = rib.get("10.0.2.0/24".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&a.attributes, &b.attributes));
+        assert_eq!(a.next_hop(), Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
+    }
+
+    #[test]
+    fn implicit_withdraw_replaces_and_frees_unused_sets() {
+        let mut rib = AdjRibIn::new();
+        rib.apply(&announce(1, &["10.0.0.0/24"]));
+        rib.apply(&announce(2, &["10.0.0.0/24"]));
+        assert_eq!(rib.len(), 1);
+        assert_eq!(
+            rib.attribute_sets(),
+            1,
+            "the set of MED 1 has no route left"
+        );
+        assert_eq!(
+            rib.get("10.0.0.0/24".parse().unwrap())
+                .unwrap()
+                .attributes
+                .attrs
+                .med,
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn withdrawals_remove_routes_and_sets() {
+        let mut rib = AdjRibIn::new();
+        rib.apply(&announce(1, &["10.0.0.0/24", "10.0.1.0/24"]));
+        let ctx = CodecContext::default();
+        let withdraw = received(
+            Update::withdraw(&nlri(&["10.0.0.0/24", "10.9.0.0/24"]), &ctx)
+                .unwrap()
+                .remove(0),
+        );
+        let stats = rib.apply(&withdraw);
+        assert_eq!(stats.withdrawn, 1, "only known prefixes count");
+        assert_eq!(rib.len(), 1);
+        let withdraw = received(
+            Update::withdraw(&nlri(&["10.0.1.0/24"]), &ctx)
+                .unwrap()
+                .remove(0),
+        );
+        rib.apply(&withdraw);
+        assert!(rib.is_empty());
+        assert_eq!(rib.attribute_sets(), 0);
+    }
+
+    #[test]
+    fn ipv6_routes_key_the_set_by_their_mp_next_hop() {
+        let mut rib = AdjRibIn::new();
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        for host in [1u16, 2] {
+            let next_hop = NextHop::V6 {
+                global: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, host),
+                link_local: None,
+            };
+            let prefix = format!("2001:db8:{host}::/48");
+            let update = Update::announce(&attrs(1), next_hop, &nlri(&[prefix.as_str()]), &ctx)
+                .unwrap()
+                .remove(0);
+            assert!(matches!(update.mp_reach, Some(MpReach { .. })));
+            rib.apply(&received(update));
+        }
+        assert_eq!(rib.len(), 2);
+        assert_eq!(
+            rib.attribute_sets(),
+            2,
+            "same attributes, different next hops"
+        );
+        let route = rib.get("2001:db8:2::/48".parse().unwrap()).unwrap();
+        assert_eq!(route.next_hop(), Some("2001:db8::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn end_of_rib_is_tracked_per_family_and_clear_empties_everything() {
+        let mut rib = AdjRibIn::new();
+        rib.apply(&announce(1, &["10.0.0.0/24"]));
+        let stats = rib.apply(&received(Update::end_of_rib_marker(AfiSafi::IPV4_UNICAST)));
+        assert_eq!(stats.end_of_rib, Some(AfiSafi::IPV4_UNICAST));
+        assert!(rib.end_of_rib().contains(AfiSafi::IPV4_UNICAST));
+        assert!(!rib.end_of_rib().contains(AfiSafi::IPV6_UNICAST));
+        rib.clear();
+        assert!(rib.is_empty() && rib.attribute_sets() == 0 && rib.end_of_rib().is_empty());
+    }
+
+    #[test]
+    fn routes_are_listed_sorted() {
+        let mut rib = AdjRibIn::new();
+        rib.apply(&announce(1, &["10.0.2.0/24", "10.0.0.0/24", "10.0.1.0/24"]));
+        let listed: Vec<String> = rib.routes().iter().map(|r| r.prefix.to_string()).collect();
+        assert_eq!(listed, ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"]);
     }
 }

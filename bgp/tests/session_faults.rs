@@ -18,11 +18,32 @@ async fn hold_timer_expires_when_the_peer_stops_sending_keepalives() {
     wait_prefixes(&b, A, &["10.65.0.0/26"]).await;
     assert_eq!(status(&b, A).hold_time, Some(3));
     a.suppress_keepalives(B, true).expect("peer b");
-    let down = eventually(10, || status(&b, A).last_error.filter(|e| e.contains("Hold Timer Expired"))).await;
-    assert_eq!(down.as_deref(), Some("sent NOTIFICATION: Hold Timer Expired"), "{:?}", status(&b, A));
-    assert!(routes(&b, A).is_empty(), "routes of the expired session are removed");
-    let received = eventually(5, || status(&a, B).last_error.filter(|e| e.contains("Hold Timer Expired"))).await;
-    assert_eq!(received.as_deref(), Some("received NOTIFICATION: Hold Timer Expired"));
+    let down = eventually(10, || {
+        status(&b, A)
+            .last_error
+            .filter(|e| e.contains("Hold Timer Expired"))
+    })
+    .await;
+    assert_eq!(
+        down.as_deref(),
+        Some("sent NOTIFICATION: Hold Timer Expired"),
+        "{:?}",
+        status(&b, A)
+    );
+    assert!(
+        routes(&b, A).is_empty(),
+        "routes of the expired session are removed"
+    );
+    let received = eventually(5, || {
+        status(&a, B)
+            .last_error
+            .filter(|e| e.contains("Hold Timer Expired"))
+    })
+    .await;
+    assert_eq!(
+        received.as_deref(),
+        Some("received NOTIFICATION: Hold Timer Expired")
+    );
 }
 
 #[tokio::test]
@@ -40,7 +61,10 @@ async fn simultaneous_active_opens_end_in_one_session() {
         let status = status(speaker, peer);
         assert_eq!(status.state, "Established", "{status:?}");
         assert!(
-            status.last_error.as_deref().is_none_or(|e| e.contains("Connection Collision")),
+            status
+                .last_error
+                .as_deref()
+                .is_none_or(|e| e.contains("Connection Collision")),
             "unexpected error: {status:?}"
         );
     }
@@ -48,7 +72,10 @@ async fn simultaneous_active_opens_end_in_one_session() {
 
 #[tokio::test]
 async fn matching_md5_keys_bring_the_session_up() {
-    let (a, b) = pair(AS_B, &["10.65.0.0/26"], &[], |peer, _| peer.password = Some("s3cret-key".into())).await;
+    let (a, b) = pair(AS_B, &["10.65.0.0/26"], &[], |peer, _| {
+        peer.password = Some("s3cret-key".into())
+    })
+    .await;
     wait_established(&b, A).await;
     wait_prefixes(&b, A, &["10.65.0.0/26"]).await;
     assert!(status(&a, B).md5);
@@ -62,10 +89,17 @@ async fn wrong_md5_key_never_comes_up_and_says_why() {
     })
     .await;
     // A connects every second; the SYNs are dropped by B's kernel (bad signature).
-    let hint = eventually(15, || Some(status(&a, B).info).filter(|info| info.contains("MD5"))).await;
+    let hint = eventually(15, || {
+        Some(status(&a, B).info).filter(|info| info.contains("MD5"))
+    })
+    .await;
     assert!(hint.is_some(), "no MD5 hint: {:?}", status(&a, B));
     assert!(hint.unwrap().contains("no response to SYN/OPEN"));
     assert_ne!(status(&a, B).state, "Established");
     assert_ne!(status(&b, A).state, "Established");
-    assert!(status(&b, A).info.contains("passive"), "{:?}", status(&b, A));
+    assert!(
+        status(&b, A).info.contains("passive"),
+        "{:?}",
+        status(&b, A)
+    );
 }

@@ -12,8 +12,8 @@ use bytes::BytesMut;
 use ipnet::{IpNet, Ipv4Net};
 use reef_bgp::driver::{PeerConfig, Speaker, SpeakerConfig};
 use reef_bgp::wire::{
-    AfiSafi, AsPath, Capability, CodecContext, Message, NextHop, Nlri, Open, Origin, PathAttributes, Update,
-    decode, message_length,
+    AfiSafi, AsPath, Capability, CodecContext, Message, NextHop, Nlri, Open, Origin,
+    PathAttributes, Update, decode, message_length,
 };
 use session_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +38,11 @@ fn table(prefixes: u32, ctx: &CodecContext) -> BytesMut {
     for set in 0..ATTRIBUTE_SETS {
         let nlri: Vec<Nlri> = (set..prefixes)
             .step_by(ATTRIBUTE_SETS as usize)
-            .map(|i| Nlri::new(IpNet::V4(Ipv4Net::new(Ipv4Addr::from((16 << 24) + (i << 8)), 24).unwrap())))
+            .map(|i| {
+                Nlri::new(IpNet::V4(
+                    Ipv4Net::new(Ipv4Addr::from((16 << 24) + (i << 8)), 24).unwrap(),
+                ))
+            })
             .collect();
         let attributes = PathAttributes {
             origin: Some(Origin::Igp),
@@ -50,13 +54,18 @@ fn table(prefixes: u32, ctx: &CodecContext) -> BytesMut {
             Message::Update(update).encode(ctx, &mut wire).unwrap();
         }
     }
-    Message::Update(Update::end_of_rib_marker(AfiSafi::IPV4_UNICAST)).encode(ctx, &mut wire).unwrap();
+    Message::Update(Update::end_of_rib_marker(AfiSafi::IPV4_UNICAST))
+        .encode(ctx, &mut wire)
+        .unwrap();
     wire
 }
 
 #[tokio::test]
 async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
-    let prefixes: u32 = std::env::var("REEF_INGEST_PREFIXES").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    let prefixes: u32 = std::env::var("REEF_INGEST_PREFIXES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
     let config = SpeakerConfig {
         router_id: Ipv4Addr::new(10, 0, 0, 1),
         local_as: 64512,
@@ -65,23 +74,40 @@ async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
     let mut peer = PeerConfig::new(IpAddr::V4(INJECTOR), INJECTOR_AS);
     peer.passive = true;
     peer.hold_time = 90;
-    let speaker = Speaker::start(config, vec![peer], Vec::new()).await.unwrap();
+    let speaker = Speaker::start(config, vec![peer], Vec::new())
+        .await
+        .unwrap();
     let port = speaker.listen_addr().unwrap().port();
 
     // The injector: OPEN without extended messages (4096-octet UPDATEs, as BIRD's benchmark peer sends).
     let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(IpAddr::V4(INJECTOR), 0)).unwrap();
-    let mut stream = socket.connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)).await.unwrap();
-    let caps = vec![Capability::Multiprotocol(AfiSafi::IPV4_UNICAST), Capability::FourOctetAs(INJECTOR_AS)];
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(INJECTOR), 0))
+        .unwrap();
+    let mut stream = socket
+        .connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+        .await
+        .unwrap();
+    let caps = vec![
+        Capability::Multiprotocol(AfiSafi::IPV4_UNICAST),
+        Capability::FourOctetAs(INJECTOR_AS),
+    ];
     let ours = Open::new(INJECTOR_AS, 90, INJECTOR, caps);
     let mut out = BytesMut::new();
-    Message::Open(ours.clone()).encode(&CodecContext::default(), &mut out).unwrap();
-    Message::Keepalive.encode(&CodecContext::default(), &mut out).unwrap();
+    Message::Open(ours.clone())
+        .encode(&CodecContext::default(), &mut out)
+        .unwrap();
+    Message::Keepalive
+        .encode(&CodecContext::default(), &mut out)
+        .unwrap();
     stream.write_all(&out).await.unwrap();
     // Read the speaker's OPEN to negotiate the codec context.
     let mut buf = BytesMut::with_capacity(8192);
     let theirs = loop {
-        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "speaker closed the connection");
+        assert!(
+            stream.read_buf(&mut buf).await.unwrap() > 0,
+            "speaker closed the connection"
+        );
         if let Some(len) = message_length(&buf, &CodecContext::default()).unwrap() {
             match decode(&buf[..len], &CodecContext::default()).unwrap() {
                 Message::Open(open) => break open,
@@ -92,7 +118,10 @@ async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
     let ctx = CodecContext::negotiate(&ours, &theirs);
     let wire = table(prefixes, &ctx);
     let rib = speaker.adj_rib_in(IpAddr::V4(INJECTOR)).unwrap();
-    let established = eventually(10, || Some(()).filter(|_| speaker.peers()[0].state == "Established")).await;
+    let established = eventually(10, || {
+        Some(()).filter(|_| speaker.peers()[0].state == "Established")
+    })
+    .await;
     assert!(established.is_some(), "{:?}", speaker.peers());
 
     let rss_before = vm_kib("VmRSS:");
@@ -119,7 +148,11 @@ async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
         vm_kib("VmRSS:"),
         vm_kib("VmHWM:")
     );
-    assert_eq!(loaded, Some(prefixes as usize), "End-of-RIB with every prefix");
+    assert_eq!(
+        loaded,
+        Some(prefixes as usize),
+        "End-of-RIB with every prefix"
+    );
     {
         let rib = rib.lock().unwrap();
         assert_eq!(rib.attribute_sets(), ATTRIBUTE_SETS.min(prefixes) as usize);

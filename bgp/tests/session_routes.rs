@@ -9,24 +9,44 @@ use session_support::*;
 
 #[tokio::test]
 async fn ebgp_session_exchanges_and_withdraws_prefixes() {
-    let (a, b) = pair(AS_B, &["10.65.0.0/26", "fd00:65::/122"], &["10.66.0.0/24"], |_, _| {}).await;
+    let (a, b) = pair(
+        AS_B,
+        &["10.65.0.0/26", "fd00:65::/122"],
+        &["10.66.0.0/24"],
+        |_, _| {},
+    )
+    .await;
     let status_b = wait_established(&b, A).await;
     let status_a = wait_established(&a, B).await;
     assert_eq!(status_a.peer_type, "ebgp");
     assert_eq!(status_b.hold_time, Some(9));
     assert_eq!(status_b.keepalive_time, Some(3));
-    assert!(status_b.capabilities.contains(&"ipv6-unicast".to_string()), "{:?}", status_b.capabilities);
+    assert!(
+        status_b.capabilities.contains(&"ipv6-unicast".to_string()),
+        "{:?}",
+        status_b.capabilities
+    );
     assert_eq!(status_b.remote_router_id, Some("10.0.0.1".parse().unwrap()));
 
     wait_prefixes(&b, A, &["10.65.0.0/26", "fd00:65::/122"]).await;
     wait_prefixes(&a, B, &["10.66.0.0/24"]).await;
-    let v4 = routes(&b, A).into_iter().find(|r| r.prefix.to_string() == "10.65.0.0/26").unwrap();
+    let v4 = routes(&b, A)
+        .into_iter()
+        .find(|r| r.prefix.to_string() == "10.65.0.0/26")
+        .unwrap();
     assert_eq!(v4.next_hop, Some(A));
     assert_eq!(v4.as_path, "64512");
     assert_eq!(v4.origin, Some("igp"));
     assert_eq!(v4.local_pref, None);
-    let v6 = routes(&b, A).into_iter().find(|r| r.prefix.to_string() == "fd00:65::/122").unwrap();
-    assert_eq!(v6.next_hop, Some("::ffff:127.0.0.1".parse::<IpAddr>().unwrap()), "IPv4-mapped next hop");
+    let v6 = routes(&b, A)
+        .into_iter()
+        .find(|r| r.prefix.to_string() == "fd00:65::/122")
+        .unwrap();
+    assert_eq!(
+        v6.next_hop,
+        Some("::ffff:127.0.0.1".parse::<IpAddr>().unwrap()),
+        "IPv4-mapped next hop"
+    );
 
     assert!(a.advertise(net("10.65.1.0/24")));
     assert!(!a.advertise(net("10.65.1.0/24")), "already advertised");
@@ -38,7 +58,12 @@ async fn ebgp_session_exchanges_and_withdraws_prefixes() {
 
     a.shutdown().await;
     // Cease/Administrative Shutdown reached B, and B dropped A's routes.
-    let down = eventually(10, || status(&b, A).last_error.filter(|e| e.contains("Administrative Shutdown"))).await;
+    let down = eventually(10, || {
+        status(&b, A)
+            .last_error
+            .filter(|e| e.contains("Administrative Shutdown"))
+    })
+    .await;
     assert!(down.is_some(), "{:?}", status(&b, A));
     assert!(routes(&b, A).is_empty());
 }
@@ -58,18 +83,34 @@ async fn ibgp_routes_carry_local_pref_and_empty_as_path() {
 
 #[tokio::test]
 async fn route_refresh_is_answered_with_the_adj_rib_out() {
-    let (a, b) = pair(AS_B, &["10.65.0.0/26"], &["10.66.0.0/24", "10.66.1.0/24"], |_, _| {}).await;
+    let (a, b) = pair(
+        AS_B,
+        &["10.65.0.0/26"],
+        &["10.66.0.0/24", "10.66.1.0/24"],
+        |_, _| {},
+    )
+    .await;
     wait_established(&a, B).await;
     wait_prefixes(&a, B, &["10.66.0.0/24", "10.66.1.0/24"]).await;
     // Count only after the initial advertisement is complete (End-of-RIB of both families).
     let rib = a.adj_rib_in(B).expect("peer b");
-    let eor = eventually(10, || Some(()).filter(|_| rib.lock().unwrap().end_of_rib().iter().count() == 2)).await;
+    let eor = eventually(10, || {
+        Some(()).filter(|_| rib.lock().unwrap().end_of_rib().iter().count() == 2)
+    })
+    .await;
     assert!(eor.is_some(), "no End-of-RIB from B");
     let before = status(&a, B).updates_received;
     a.refresh(B).await.expect("refresh sent");
     // B answers with its Adj-RIB-Out again: more UPDATEs, same routes.
-    let after = eventually(10, || Some(status(&a, B).updates_received).filter(|n| *n > before)).await;
-    assert!(after.is_some(), "no UPDATE after ROUTE-REFRESH: {:?}", status(&a, B));
+    let after = eventually(10, || {
+        Some(status(&a, B).updates_received).filter(|n| *n > before)
+    })
+    .await;
+    assert!(
+        after.is_some(),
+        "no UPDATE after ROUTE-REFRESH: {:?}",
+        status(&a, B)
+    );
     assert_eq!(prefixes(&a, B), ["10.66.0.0/24", "10.66.1.0/24"]);
     drop(b);
 }

@@ -4,8 +4,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::{
-    BGPConfiguration, BGPFilter, BGPPeer, BlockAffinity, GlobalNetworkPolicy, IPAMBlock, IPAMConfig, IPAMHandle,
-    IPPool, NetworkPolicy, ReefNode, WorkloadEndpoint,
+    BGPConfiguration, BGPFilter, BGPPeer, BlockAffinity, GlobalNetworkPolicy, IPAMBlock,
+    IPAMConfig, IPAMHandle, IPPool, NetworkPolicy, ReefNode, WorkloadEndpoint,
 };
 
 /// Header of every generated file.
@@ -37,5 +37,22 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 
 /// The YAML document of a CRD, with the generated-file header.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
-    Ok(format!("{GENERATED_HEADER}{}", serde_saphyr::to_string(crd)?))
+    Ok(format!(
+        "{GENERATED_HEADER}{}",
+        serde_saphyr::to_string(crd)?
+    ))
+}
+
+/// File name of the kustomization that lists the CRD files.
+pub const KUSTOMIZATION_FILE: &str = "kustomization.yaml";
+
+/// `deploy/crds/kustomization.yaml`: the CRD files as one kustomize resource set.
+pub fn kustomization(crds: &[CustomResourceDefinition]) -> String {
+    let mut out = format!(
+        "{GENERATED_HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n"
+    );
+    for crd in crds {
+        out.push_str(&format!("- {}\n", file_name(crd)));
+    }
+    out
 }

@@ -166,6 +166,11 @@ pub struct IPAMBlockSpec {
 /// Prefix of `IPAMBlockSpec::affinity` for node affinities.
 pub const HOST_AFFINITY_PREFIX: &str = "host:";
 
+/// The `affinity` value of blocks affine to `node`: `host:<node>`.
+pub fn host_affinity(node: &str) -> String {
+    format!("{HOST_AFFINITY_PREFIX}{node}")
+}
+
 impl IPAMBlockSpec {
     /// The block's CIDR, parsed; `None` when invalid.
     pub fn cidr_net(&self) -> Option<IpNet> {
@@ -301,4 +306,66 @@ pub const IPAM_CONFIG_NAME: &str = "default";
 
 pub(crate) fn default_true() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(cidr: &str, block_size: Option<u8>) -> IPPoolSpec {
+        let mut spec: IPPoolSpec =
+            serde_json::from_value(serde_json::json!({ "cidr": cidr })).unwrap();
+        spec.block_size = block_size;
+        spec
+    }
+
+    #[test]
+    fn pool_defaults() {
+        let v4 = pool("10.244.0.0/16", None);
+        assert_eq!(v4.effective_block_size(), Some(26));
+        assert_eq!(v4.vxlan_mode, VxlanMode::Never);
+        assert!(
+            v4.allows(AllowedUse::Workload)
+                && v4.allows(AllowedUse::Tunnel)
+                && !v4.allows(AllowedUse::LoadBalancer)
+        );
+        assert_eq!(pool("fd00::/48", None).effective_block_size(), Some(122));
+        assert_eq!(
+            pool("fd00::/48", Some(120)).effective_block_size(),
+            Some(120)
+        );
+        assert_eq!(pool("nonsense", None).effective_block_size(), None);
+    }
+
+    #[test]
+    fn block_affinity_round_trip() {
+        let spec = IPAMBlockSpec {
+            cidr: "10.244.0.64/26".into(),
+            affinity: Some(host_affinity("node-a")),
+            allocations: vec![None; 64],
+            unallocated: (0..64).collect(),
+            attributes: vec![],
+            sequence_number: 0,
+            sequence_number_for_allocation: BTreeMap::new(),
+            deleted: false,
+            strict_affinity: false,
+        };
+        assert_eq!(spec.affinity.as_deref(), Some("host:node-a"));
+        assert_eq!(spec.affine_node(), Some("node-a"));
+        // Calico's wire names, including the snake-case attribute fields.
+        let json = serde_json::to_value(IPAMBlock::new("b", spec.clone())).unwrap();
+        assert_eq!(
+            json["spec"]["sequenceNumberForAllocation"],
+            serde_json::json!({})
+        );
+        assert_eq!(json["spec"]["strictAffinity"], false);
+        let attr = AllocationAttribute {
+            handle_id: Some("h".into()),
+            secondary: [("pod".into(), "p".into())].into(),
+        };
+        assert_eq!(
+            serde_json::to_value(attr).unwrap(),
+            serde_json::json!({"handle_id": "h", "secondary": {"pod": "p"}})
+        );
+    }
 }

@@ -807,6 +807,14 @@ mod tests {
         }
 
         #[test]
+        fn parse_never_panics_on_any_text(text in "\\PC{0,40}") {
+            if let Err(e) = Selector::parse(&text) {
+                prop_assert!(e.position <= text.len());
+                prop_assert!(text.is_char_boundary(e.position));
+            }
+        }
+
+        #[test]
         fn not_negates(selector in arb_selector(), labels in arb_labels()) {
             prop_assert_eq!(Selector::Not(Box::new(selector.clone())).matches(&labels), !selector.matches(&labels));
         }

@@ -663,8 +663,14 @@ fn check_filter_rule(errors: &mut ValidationErrors, path: &str, rule: &BGPFilter
         {
             errors.push(&path, format!("min {min} is greater than max {max}"));
         }
-        if !matches!(rule.match_operator, Some(MatchOperator::In | MatchOperator::NotIn)) {
-            errors.push(&path, "prefixLength only applies with matchOperator In or NotIn");
+        if !matches!(
+            rule.match_operator,
+            Some(MatchOperator::In | MatchOperator::NotIn)
+        ) {
+            errors.push(
+                &path,
+                "prefixLength only applies with matchOperator In or NotIn",
+            );
         } else if let (Some(net), Some(min)) = (net, pl.min)
             && min < net.prefix_len()
         {

@@ -14,7 +14,12 @@ use tokio::net::UnixStream;
 #[derive(clap::Args)]
 pub struct Args {
     /// The admin socket of reefd.
-    #[arg(long, global = true, env = "REEF_SOCKET", default_value = "/run/reef/reefd.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "REEF_SOCKET",
+        default_value = "/run/reef/reefd.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -49,7 +54,9 @@ enum Command {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(execute(args))
 }
 
@@ -75,15 +82,33 @@ async fn execute(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Advertise { prefix } => {
-            call(socket, Method::POST, "/v1/bgp/prefixes", Some(json!({ "prefix": prefix }))).await?;
+            call(
+                socket,
+                Method::POST,
+                "/v1/bgp/prefixes",
+                Some(json!({ "prefix": prefix })),
+            )
+            .await?;
             println!("advertising {prefix}");
         }
         Command::Withdraw { prefix } => {
-            call(socket, Method::DELETE, "/v1/bgp/prefixes", Some(json!({ "prefix": prefix }))).await?;
+            call(
+                socket,
+                Method::DELETE,
+                "/v1/bgp/prefixes",
+                Some(json!({ "prefix": prefix })),
+            )
+            .await?;
             println!("withdrawn {prefix}");
         }
         Command::Refresh { peer } => {
-            call(socket, Method::POST, &format!("/v1/bgp/peers/{peer}/refresh"), None).await?;
+            call(
+                socket,
+                Method::POST,
+                &format!("/v1/bgp/peers/{peer}/refresh"),
+                None,
+            )
+            .await?;
             println!("ROUTE-REFRESH sent to {peer}");
         }
     }
@@ -95,9 +120,17 @@ async fn get(socket: &Path, path: &str) -> anyhow::Result<Value> {
 }
 
 /// One HTTP/1.1 request over the unix socket; a non-2xx answer becomes an error with reefd's message.
-async fn call(socket: &Path, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow!("cannot reach reefd at {}: {e} (is reefd running? use --socket)", socket.display())
+        anyhow!(
+            "cannot reach reefd at {}: {e} (is reefd running? use --socket)",
+            socket.display()
+        )
     })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -110,12 +143,25 @@ async fn call(socket: &Path, method: Method, path: &str, body: Option<Value>) ->
         .header(header::HOST, "reefd")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))?;
-    let response = sender.send_request(request).await.context("request to reefd failed")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("request to reefd failed")?;
     let status = response.status();
-    let bytes = response.into_body().collect().await.context("reading reefd's answer")?.to_bytes();
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading reefd's answer")?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     if status != StatusCode::OK {
-        let message = value.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string());
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
         bail!("reefd: {message} (HTTP {status})");
     }
     Ok(value)
@@ -167,14 +213,29 @@ fn status_table(peers: &Value) -> String {
                         text(p, "type"),
                         text(p, "state"),
                         text(p, "since"),
-                        format!("{}/{}", text(p, "prefixesReceived"), text(p, "prefixesAdvertised")),
+                        format!(
+                            "{}/{}",
+                            text(p, "prefixesReceived"),
+                            text(p, "prefixesAdvertised")
+                        ),
                         text(p, "info"),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    table(&["PEER", "AS", "TYPE", "STATE", "SINCE", "ROUTES IN/OUT", "INFO"], &rows)
+    table(
+        &[
+            "PEER",
+            "AS",
+            "TYPE",
+            "STATE",
+            "SINCE",
+            "ROUTES IN/OUT",
+            "INFO",
+        ],
+        &rows,
+    )
 }
 
 fn routes_table(routes: &Value) -> String {
@@ -198,13 +259,29 @@ fn routes_table(routes: &Value) -> String {
                         text(r, "origin"),
                         text(r, "med"),
                         text(r, "localPref"),
-                        if communities.is_empty() { "-".into() } else { communities.join(" ") },
+                        if communities.is_empty() {
+                            "-".into()
+                        } else {
+                            communities.join(" ")
+                        },
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    table(&["PREFIX", "NEXT HOP", "PEER", "AS PATH", "ORIGIN", "MED", "LOCAL PREF", "COMMUNITIES"], &rows)
+    table(
+        &[
+            "PREFIX",
+            "NEXT HOP",
+            "PEER",
+            "AS PATH",
+            "ORIGIN",
+            "MED",
+            "LOCAL PREF",
+            "COMMUNITIES",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -219,13 +296,23 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("PEER"));
-        assert!(lines[1].contains("198.51.100.2") && lines[1].contains("65001") && lines[1].contains("3/2"));
+        assert!(
+            lines[1].contains("198.51.100.2")
+                && lines[1].contains("65001")
+                && lines[1].contains("3/2")
+        );
     }
 
     #[tokio::test]
     async fn unreachable_socket_names_the_path_and_the_fix() {
-        let error = get(Path::new("/nonexistent/reefd.sock"), "/v1/bgp/peers").await.unwrap_err().to_string();
-        assert!(error.contains("cannot reach reefd at /nonexistent/reefd.sock"), "{error}");
+        let error = get(Path::new("/nonexistent/reefd.sock"), "/v1/bgp/peers")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cannot reach reefd at /nonexistent/reefd.sock"),
+            "{error}"
+        );
         assert!(error.contains("use --socket"), "{error}");
     }
 }

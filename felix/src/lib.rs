@@ -1,1 +1,10 @@
 //! Dataplane programmer: desired state from the model, reconciled into kernel routes, links and nft rules.
+//!
+//! So far: the kernel FIB programmer ([`fib`]).
+
+pub mod fib;
+
+pub use fib::{
+    ApplyReport, FibDiff, FibError, FibOp, FibProgrammer, MAIN_TABLE, NextHop, REEF_ROUTE_PROTOCOL, Route,
+    RouteError, RouteFailure, RouteKey, RouteKind,
+};

@@ -123,7 +123,20 @@ pub struct Ipam {
     nodes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<NodeState>>>>,
     /// When each block was first seen empty by `release_empty_blocks`.
     empty_since: Mutex<HashMap<IpNet, Instant>>,
+    /// Pools and the IPAM configuration, read at most once per `settings_ttl`: they change rarely, and
+    /// reading them on every call would double the datastore round trips of an assignment.
+    settings: Mutex<Option<(Instant, Arc<Settings>)>>,
+    settings_ttl: Duration,
     stats: Stats,
+}
+
+/// How long pools and the IPAM configuration are cached by default: a disabled pool or a changed
+/// `strictAffinity` is honoured within this time.
+pub const DEFAULT_SETTINGS_TTL: Duration = Duration::from_secs(1);
+
+struct Settings {
+    config: IPAMConfigSpec,
+    pools: Vec<(IPPool, PoolLayout)>,
 }
 
 impl Ipam {
@@ -138,8 +151,16 @@ impl Ipam {
             block_cache: Mutex::default(),
             nodes: Mutex::default(),
             empty_since: Mutex::default(),
+            settings: Mutex::default(),
+            settings_ttl: DEFAULT_SETTINGS_TTL,
             stats: Stats::default(),
         }
+    }
+
+    /// Cache pools and configuration for `ttl` (zero: read them on every call).
+    pub fn with_settings_ttl(mut self, ttl: Duration) -> Self {
+        self.settings_ttl = ttl;
+        self
     }
 
     pub fn datastore(&self) -> &Datastore {
@@ -169,20 +190,39 @@ impl Ipam {
             .collect())
     }
 
+    async fn settings(&self) -> Result<Arc<Settings>, IpamError> {
+        {
+            let cached = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((read_at, settings)) = cached.as_ref()
+                && read_at.elapsed() < self.settings_ttl
+            {
+                return Ok(settings.clone());
+            }
+        }
+        let (config, pools) = tokio::join!(self.config(), self.pools());
+        let settings = Arc::new(Settings {
+            config: config?,
+            pools: pools?,
+        });
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), settings.clone()));
+        Ok(settings)
+    }
+
     /// Assign `num_v4` IPv4 and `num_v6` IPv6 addresses to a handle. All or nothing: when not every address
     /// can be found, the ones taken are released again and the error says why.
     pub async fn auto_assign(&self, args: &AutoAssignArgs) -> Result<AutoAssignResult, IpamError> {
         let node_lock = self.node_state(&args.node);
         let mut node = node_lock.lock().await;
-        let config = self.config().await?;
-        let pools = self.pools().await?;
+        let settings = self.settings().await?;
+        let (config, pools) = (&settings.config, &settings.pools);
         let mut result = AutoAssignResult::default();
         for (family, num) in [(Family::V4, args.num_v4), (Family::V6, args.num_v6)] {
             if num == 0 {
                 continue;
             }
             let outcome = self
-                .assign_family(&mut node, &config, &pools, args, family, num)
+                .assign_family(&mut node, config, pools, args, family, num)
                 .await;
             if outcome.is_err() {
                 // A claim may have stopped half way: learn the node's blocks afresh next time.
@@ -352,7 +392,8 @@ impl Ipam {
     /// Assign one specific address. A block that does not exist yet is claimed for `node` first.
     pub async fn assign_ip(&self, args: &AssignIpArgs) -> Result<Assigned, IpamError> {
         let ip = args.ip;
-        let pools = self.pools().await?;
+        let settings = self.settings().await?;
+        let pools = &settings.pools;
         let layout = pools
             .iter()
             .find_map(|(_, l)| l.cidr.contains(&ip).then_some(*l))
@@ -401,7 +442,8 @@ impl Ipam {
     ) -> Result<Vec<ReleaseOutcome>, IpamError> {
         let mut by_block: BTreeMap<IpNet, Vec<ReleaseRequest>> = BTreeMap::new();
         let mut outcomes = Vec::new();
-        let pools = self.pools().await?;
+        let settings = self.settings().await?;
+        let pools = &settings.pools;
         let mut all_blocks: Option<Vec<IpNet>> = None;
         for request in requests {
             let located = match pools

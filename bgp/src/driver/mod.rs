@@ -135,7 +135,9 @@ struct SpeakerShared {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicked holder cannot leave these maps half-updated in a way that matters more than losing the
     // whole speaker: keep serving.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A BGP speaker: a listener and a set of peers with their sessions.
@@ -146,11 +148,17 @@ pub struct Speaker {
 
 impl Speaker {
     /// Binds the listener (with the MD5 keys of `peers` installed before `listen`) and starts every peer.
-    pub async fn start(config: SpeakerConfig, peers: Vec<PeerConfig>, prefixes: Vec<IpNet>) -> io::Result<Speaker> {
+    pub async fn start(
+        config: SpeakerConfig,
+        peers: Vec<PeerConfig>,
+        prefixes: Vec<IpNet>,
+    ) -> io::Result<Speaker> {
         let listener = match config.listen {
             Some(addr) => {
-                let keys: Vec<(IpAddr, String)> =
-                    peers.iter().filter_map(|p| Some((p.address, p.password.clone()?))).collect();
+                let keys: Vec<(IpAddr, String)> = peers
+                    .iter()
+                    .filter_map(|p| Some((p.address, p.password.clone()?)))
+                    .collect();
                 let listener = socket::listen_socket(addr, &keys)?;
                 info!(address = %listener.local_addr()?, "BGP listening");
                 Some(Arc::new(listener))
@@ -160,21 +168,32 @@ impl Speaker {
         let shared = Arc::new(SpeakerShared {
             config,
             peers: Mutex::new(BTreeMap::new()),
-            prefixes: Arc::new(Mutex::new(prefixes.into_iter().map(|p| p.trunc()).collect())),
+            prefixes: Arc::new(Mutex::new(
+                prefixes.into_iter().map(|p| p.trunc()).collect(),
+            )),
             listener: listener.clone(),
             next_conn: Arc::new(AtomicU64::new(1)),
         });
-        let accept_task = listener.map(|listener| tokio::spawn(accept_loop(listener, Arc::downgrade(&shared))));
-        let speaker = Speaker { shared, accept_task: Mutex::new(accept_task) };
+        let accept_task =
+            listener.map(|listener| tokio::spawn(accept_loop(listener, Arc::downgrade(&shared))));
+        let speaker = Speaker {
+            shared,
+            accept_task: Mutex::new(accept_task),
+        };
         for peer in peers {
-            speaker.add_peer(peer).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            speaker
+                .add_peer(peer)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         }
         Ok(speaker)
     }
 
     /// The bound listen address (with the real port when configured with port 0).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.shared.listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.shared
+            .listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn config(&self) -> &SpeakerConfig {
@@ -196,8 +215,12 @@ impl Speaker {
         if let (Some(listener), Some(key)) = (&self.shared.listener, &config.password) {
             let listen_v4 = listener.local_addr().map(|a| a.is_ipv4()).unwrap_or(false);
             if !(listen_v4 && config.address.is_ipv6()) {
-                socket::set_md5_key(listener.as_raw_fd(), config.address, Some(key))
-                    .map_err(|source| SpeakerError::Md5 { peer: config.address, source })?;
+                socket::set_md5_key(listener.as_raw_fd(), config.address, Some(key)).map_err(
+                    |source| SpeakerError::Md5 {
+                        peer: config.address,
+                        source,
+                    },
+                )?;
             }
         }
         let (handle_commands, shared, task) = peer::spawn(
@@ -206,13 +229,23 @@ impl Speaker {
             self.shared.prefixes.clone(),
             self.shared.next_conn.clone(),
         );
-        peers.insert(config.address, PeerHandle { config, commands: handle_commands, shared, task });
+        peers.insert(
+            config.address,
+            PeerHandle {
+                config,
+                commands: handle_commands,
+                shared,
+                task,
+            },
+        );
         Ok(())
     }
 
     /// Stops a peer's session (Cease/Administrative Shutdown) and forgets it.
     pub async fn remove_peer(&self, address: IpAddr) -> Result<(), SpeakerError> {
-        let handle = lock(&self.shared.peers).remove(&address).ok_or(SpeakerError::UnknownPeer(address))?;
+        let handle = lock(&self.shared.peers)
+            .remove(&address)
+            .ok_or(SpeakerError::UnknownPeer(address))?;
         let had_key = handle.config.password.is_some();
         stop_peer(handle).await;
         if let (Some(listener), true) = (&self.shared.listener, had_key) {
@@ -223,16 +256,23 @@ impl Speaker {
 
     /// Status of every peer, sorted by address.
     pub fn peers(&self) -> Vec<PeerStatus> {
-        lock(&self.shared.peers).values().map(|h| h.shared.snapshot()).collect()
+        lock(&self.shared.peers)
+            .values()
+            .map(|h| h.shared.snapshot())
+            .collect()
     }
 
     pub fn peer(&self, address: IpAddr) -> Option<PeerStatus> {
-        lock(&self.shared.peers).get(&address).map(|h| h.shared.snapshot())
+        lock(&self.shared.peers)
+            .get(&address)
+            .map(|h| h.shared.snapshot())
     }
 
     /// The Adj-RIB-In of a peer (shared with its session task; lock it briefly).
     pub fn adj_rib_in(&self, address: IpAddr) -> Option<Arc<Mutex<AdjRibIn>>> {
-        lock(&self.shared.peers).get(&address).map(|h| h.shared.rib.clone())
+        lock(&self.shared.peers)
+            .get(&address)
+            .map(|h| h.shared.rib.clone())
     }
 
     /// Routes received from one peer, or from all peers.
@@ -240,12 +280,20 @@ impl Speaker {
         let peers = lock(&self.shared.peers);
         let mut views = Vec::new();
         let selected: Vec<&PeerHandle> = match peer {
-            Some(address) => vec![peers.get(&address).ok_or(SpeakerError::UnknownPeer(address))?],
+            Some(address) => vec![
+                peers
+                    .get(&address)
+                    .ok_or(SpeakerError::UnknownPeer(address))?,
+            ],
             None => peers.values().collect(),
         };
         for handle in selected {
             let routes = lock(&handle.shared.rib).routes();
-            views.extend(routes.iter().map(|route| RouteView::new(handle.config.address, route)));
+            views.extend(
+                routes
+                    .iter()
+                    .map(|route| RouteView::new(handle.config.address, route)),
+            );
         }
         Ok(views)
     }
@@ -291,7 +339,10 @@ impl Speaker {
             .map(|h| h.commands.clone())
             .ok_or(SpeakerError::UnknownPeer(address))?;
         let (reply, answer) = oneshot::channel();
-        commands.send(PeerCommand::Refresh(reply)).await.map_err(|_| SpeakerError::PeerGone(address))?;
+        commands
+            .send(PeerCommand::Refresh(reply))
+            .await
+            .map_err(|_| SpeakerError::PeerGone(address))?;
         answer.await.map_err(|_| SpeakerError::PeerGone(address))?
     }
 
@@ -299,8 +350,13 @@ impl Speaker {
     #[doc(hidden)]
     pub fn suppress_keepalives(&self, address: IpAddr, suppress: bool) -> Result<(), SpeakerError> {
         let peers = lock(&self.shared.peers);
-        let handle = peers.get(&address).ok_or(SpeakerError::UnknownPeer(address))?;
-        handle.commands.try_send(PeerCommand::SuppressKeepalives(suppress)).map_err(|_| SpeakerError::PeerGone(address))
+        let handle = peers
+            .get(&address)
+            .ok_or(SpeakerError::UnknownPeer(address))?;
+        handle
+            .commands
+            .try_send(PeerCommand::SuppressKeepalives(suppress))
+            .map_err(|_| SpeakerError::PeerGone(address))
     }
 
     /// Cease/Administrative Shutdown to every peer, then stops all tasks (the speaker stays usable for
@@ -309,7 +365,9 @@ impl Speaker {
         if let Some(task) = lock(&self.accept_task).take() {
             task.abort();
         }
-        let handles: Vec<PeerHandle> = std::mem::take(&mut *lock(&self.shared.peers)).into_values().collect();
+        let handles: Vec<PeerHandle> = std::mem::take(&mut *lock(&self.shared.peers))
+            .into_values()
+            .collect();
         for handle in handles {
             stop_peer(handle).await;
         }
@@ -336,7 +394,10 @@ impl Drop for Speaker {
     }
 }
 
-async fn accept_loop(listener: Arc<tokio::net::TcpListener>, speaker: std::sync::Weak<SpeakerShared>) {
+async fn accept_loop(
+    listener: Arc<tokio::net::TcpListener>,
+    speaker: std::sync::Weak<SpeakerShared>,
+) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -347,7 +408,9 @@ async fn accept_loop(listener: Arc<tokio::net::TcpListener>, speaker: std::sync:
                 continue;
             }
         };
-        let Some(speaker) = speaker.upgrade() else { return };
+        let Some(speaker) = speaker.upgrade() else {
+            return;
+        };
         let address = socket::canonical_ip(remote.ip());
         let peers = lock(&speaker.peers);
         let Some(handle) = peers.get(&address) else {
@@ -360,7 +423,11 @@ async fn accept_loop(listener: Arc<tokio::net::TcpListener>, speaker: std::sync:
             continue;
         }
         let _ = stream.set_nodelay(true);
-        if handle.commands.try_send(PeerCommand::Inbound(stream)).is_err() {
+        if handle
+            .commands
+            .try_send(PeerCommand::Inbound(stream))
+            .is_err()
+        {
             warn!(peer = %address, "peer task busy; inbound connection dropped");
         }
     }

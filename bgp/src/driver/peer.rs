@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 
 use super::status::{PeerStatus, rfc3339};
 use super::{PeerConfig, SpeakerConfig, SpeakerError, lock, socket};
-use crate::fsm::{ConnId, DownReason, Input, NegotiatedSession, Output, Session, SessionConfig, State, Timer};
+use crate::fsm::{
+    ConnId, DownReason, Input, NegotiatedSession, Output, Session, SessionConfig, State, Timer,
+};
 use crate::rib::AdjRibIn;
 use crate::wire::{
     AfiSafi, AsPath, CodecContext, Message, NextHop, Nlri, Origin, PathAttributes, RouteRefresh,
@@ -45,11 +47,23 @@ pub(super) enum PeerCommand {
 }
 
 enum Event {
-    Connected { attempt: u64, result: io::Result<TcpStream> },
-    Received { conn: ConnId, chunk: Bytes },
+    Connected {
+        attempt: u64,
+        result: io::Result<TcpStream>,
+    },
+    Received {
+        conn: ConnId,
+        chunk: Bytes,
+    },
     /// A framing error: the header of the next message is bad.
-    FrameError { conn: ConnId, error: crate::wire::MessageError },
-    Closed { conn: ConnId, error: Option<io::Error> },
+    FrameError {
+        conn: ConnId,
+        error: crate::wire::MessageError,
+    },
+    Closed {
+        conn: ConnId,
+        error: Option<io::Error>,
+    },
 }
 
 /// What the API reads while the task runs.
@@ -120,7 +134,11 @@ pub(super) fn spawn(
         port: config.port,
         remote_as: config.remote_as,
         local_as,
-        peer_type: if local_as == config.remote_as { "ibgp" } else { "ebgp" },
+        peer_type: if local_as == config.remote_as {
+            "ibgp"
+        } else {
+            "ebgp"
+        },
         state: State::Idle.name(),
         since: rfc3339(SystemTime::now()),
         uptime_seconds: None,
@@ -169,7 +187,11 @@ pub(super) fn spawn(
 }
 
 impl PeerTask {
-    async fn run(mut self, mut commands: mpsc::Receiver<PeerCommand>, mut events: mpsc::Receiver<Event>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<PeerCommand>,
+        mut events: mpsc::Receiver<Event>,
+    ) {
         self.input(Input::ManualStart);
         loop {
             let deadline = self.timers.values().min().copied();
@@ -250,7 +272,10 @@ impl PeerTask {
             Output::Established(negotiated) => self.established(negotiated),
             Output::RouteUpdate(update) => self.pending_updates.push(update),
             Output::RouteRefreshRequested(refresh) => self.refresh_requested(refresh),
-            Output::SessionDown { reason, was_established } => self.session_down(reason, was_established),
+            Output::SessionDown {
+                reason,
+                was_established,
+            } => self.session_down(reason, was_established),
         }
     }
 
@@ -339,7 +364,15 @@ impl PeerTask {
         let (writer, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(write, queue));
         let reader = tokio::spawn(read_loop(conn, read, self.events_tx.clone()));
-        self.conns.insert(conn, Connection { writer, reader, ctx: CodecContext::default(), local });
+        self.conns.insert(
+            conn,
+            Connection {
+                writer,
+                reader,
+                ctx: CodecContext::default(),
+                local,
+            },
+        );
         true
     }
 
@@ -390,9 +423,14 @@ impl PeerTask {
     /// UPDATEs to the Adj-RIB-In under one lock.
     fn received(&mut self, conn: ConnId, mut chunk: Bytes) {
         // The reader framed the chunk with the same function: lengths are known to be complete.
-        let framing = CodecContext { extended_message: true, ..CodecContext::default() };
+        let framing = CodecContext {
+            extended_message: true,
+            ..CodecContext::default()
+        };
         while !chunk.is_empty() {
-            let Some(connection) = self.conns.get(&conn) else { break };
+            let Some(connection) = self.conns.get(&conn) else {
+                break;
+            };
             let ctx = connection.ctx;
             let len = match message_length(&chunk, &framing) {
                 Ok(Some(len)) => len,
@@ -415,7 +453,9 @@ impl PeerTask {
         if self.pending_updates.is_empty() {
             return;
         }
-        self.shared.updates_received.fetch_add(self.pending_updates.len() as u64, Ordering::Relaxed);
+        self.shared
+            .updates_received
+            .fetch_add(self.pending_updates.len() as u64, Ordering::Relaxed);
         let mut rib = lock(&self.shared.rib);
         for update in self.pending_updates.drain(..) {
             let stats = rib.apply(&update);
@@ -429,7 +469,9 @@ impl PeerTask {
     }
 
     fn send(&mut self, conn: ConnId, message: &Message) {
-        let Some(connection) = self.conns.get(&conn) else { return };
+        let Some(connection) = self.conns.get(&conn) else {
+            return;
+        };
         let mut buf = BytesMut::new();
         match message.encode(&connection.ctx, &mut buf) {
             Ok(()) => {
@@ -440,7 +482,9 @@ impl PeerTask {
     }
 
     fn established(&mut self, negotiated: Box<NegotiatedSession>) {
-        let Some(connection) = self.conns.get_mut(&negotiated.conn) else { return };
+        let Some(connection) = self.conns.get_mut(&negotiated.conn) else {
+            return;
+        };
         connection.ctx = negotiated.codec;
         let local = connection.local;
         let mut capabilities = Vec::new();
@@ -471,7 +515,11 @@ impl PeerTask {
         }
         *lock(&self.shared.established_at) = Some(Instant::now());
         self.last_connect_error = None;
-        self.established = Some(EstablishedSession { negotiated, local, advertised: BTreeSet::new() });
+        self.established = Some(EstablishedSession {
+            negotiated,
+            local,
+            advertised: BTreeSet::new(),
+        });
         let prefixes: Vec<IpNet> = lock(&self.prefixes).iter().copied().collect();
         self.announce(&prefixes);
         if let Some(session) = &self.established {
@@ -519,7 +567,11 @@ impl PeerTask {
         let ibgp = negotiated.codec.ibgp;
         PathAttributes {
             origin: Some(Origin::Igp),
-            as_path: Some(if ibgp { AsPath::default() } else { AsPath::from_sequence(vec![self.local_as]) }),
+            as_path: Some(if ibgp {
+                AsPath::default()
+            } else {
+                AsPath::from_sequence(vec![self.local_as])
+            }),
             local_pref: ibgp.then_some(100),
             ..PathAttributes::default()
         }
@@ -541,19 +593,30 @@ impl PeerTask {
                 (Some(v6), _) | (None, IpAddr::V6(v6)) => v6,
                 (None, IpAddr::V4(v4)) => v4.to_ipv6_mapped(),
             };
-            Some(NextHop::V6 { global, link_local: None::<Ipv6Addr> })
+            Some(NextHop::V6 {
+                global,
+                link_local: None::<Ipv6Addr>,
+            })
         }
     }
 
     fn announce(&mut self, prefixes: &[IpNet]) {
-        let Some(session) = &self.established else { return };
+        let Some(session) = &self.established else {
+            return;
+        };
         let attributes = self.attributes(&session.negotiated);
         let mut sent = Vec::new();
         let mut buf = BytesMut::new();
         for family in [AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST] {
             let nlri: Vec<Nlri> = prefixes
                 .iter()
-                .filter(|p| matches!((p, family.afi), (IpNet::V4(_), crate::wire::Afi::IPV4) | (IpNet::V6(_), crate::wire::Afi::IPV6)))
+                .filter(|p| {
+                    matches!(
+                        (p, family.afi),
+                        (IpNet::V4(_), crate::wire::Afi::IPV4)
+                            | (IpNet::V6(_), crate::wire::Afi::IPV6)
+                    )
+                })
                 .map(|p| Nlri::new(*p))
                 .collect();
             if nlri.is_empty() {
@@ -563,7 +626,12 @@ impl PeerTask {
                 debug!(peer = %self.peer(), %family, "family not negotiated or no next hop; not advertised");
                 continue;
             };
-            let updates = match Update::announce(&attributes, next_hop, &nlri, &session.negotiated.codec) {
+            let updates = match Update::announce(
+                &attributes,
+                next_hop,
+                &nlri,
+                &session.negotiated.codec,
+            ) {
                 Ok(updates) => updates,
                 Err(e) => {
                     warn!(peer = %self.peer(), %family, error = %e, "cannot build the advertisement");
@@ -571,17 +639,16 @@ impl PeerTask {
                 }
             };
             for update in updates {
-                if let Err(e) = Message::Update(update).encode(&session.negotiated.codec, &mut buf) {
+                if let Err(e) = Message::Update(update).encode(&session.negotiated.codec, &mut buf)
+                {
                     warn!(peer = %self.peer(), error = %e, "cannot encode UPDATE");
                 }
             }
             sent.extend(nlri.iter().map(|n| n.prefix));
         }
         let conn = session.negotiated.conn;
-        if !buf.is_empty() {
-            if let Some(connection) = self.conns.get(&conn) {
-                let _ = connection.writer.send(buf.freeze());
-            }
+        if let Some(connection) = self.conns.get(&conn).filter(|_| !buf.is_empty()) {
+            let _ = connection.writer.send(buf.freeze());
         }
         if let Some(session) = &mut self.established {
             session.advertised.extend(sent);
@@ -590,7 +657,9 @@ impl PeerTask {
     }
 
     fn withdraw(&mut self, prefix: IpNet) {
-        let Some(session) = &mut self.established else { return };
+        let Some(session) = &mut self.established else {
+            return;
+        };
         if !session.advertised.remove(&prefix) {
             return;
         }
@@ -614,7 +683,9 @@ impl PeerTask {
         }
         let family = AfiSafi::new(refresh.afi, refresh.safi);
         info!(peer = %self.peer(), %family, "ROUTE-REFRESH received; re-advertising");
-        let Some(session) = &self.established else { return };
+        let Some(session) = &self.established else {
+            return;
+        };
         if !session.negotiated.families.contains(family) {
             return;
         }
@@ -628,7 +699,9 @@ impl PeerTask {
     }
 
     fn send_refresh(&mut self) -> Result<(), SpeakerError> {
-        let Some(session) = &self.established else { return Err(SpeakerError::NotEstablished(self.peer())) };
+        let Some(session) = &self.established else {
+            return Err(SpeakerError::NotEstablished(self.peer()));
+        };
         if !session.negotiated.route_refresh {
             return Err(SpeakerError::NoRouteRefresh(self.peer()));
         }
@@ -636,8 +709,11 @@ impl PeerTask {
         let families: Vec<AfiSafi> = session.negotiated.families.iter().collect();
         for family in families {
             info!(peer = %self.peer(), %family, "sending ROUTE-REFRESH");
-            let refresh =
-                RouteRefresh { afi: family.afi, safi: family.safi, subtype: RouteRefreshSubtype::Normal };
+            let refresh = RouteRefresh {
+                afi: family.afi,
+                safi: family.safi,
+                subtype: RouteRefreshSubtype::Normal,
+            };
             self.send(conn, &Message::RouteRefresh(refresh));
         }
         Ok(())
@@ -655,7 +731,10 @@ fn family_name(family: AfiSafi) -> &'static str {
 /// Reads large chunks and forwards every run of complete messages as one `Bytes` (zero-copy split).
 async fn read_loop(conn: ConnId, mut read: OwnedReadHalf, events: mpsc::Sender<Event>) {
     // Framing accepts extended messages; the peer task rejects them if they were not negotiated.
-    let framing = CodecContext { extended_message: true, ..CodecContext::default() };
+    let framing = CodecContext {
+        extended_message: true,
+        ..CodecContext::default()
+    };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -668,7 +747,12 @@ async fn read_loop(conn: ConnId, mut read: OwnedReadHalf, events: mpsc::Sender<E
             }
             Ok(_) => {}
             Err(error) => {
-                let _ = events.send(Event::Closed { conn, error: Some(error) }).await;
+                let _ = events
+                    .send(Event::Closed {
+                        conn,
+                        error: Some(error),
+                    })
+                    .await;
                 return;
             }
         }

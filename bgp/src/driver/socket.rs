@@ -38,16 +38,30 @@ pub struct SocketOptions {
 impl SocketOptions {
     /// The effective outgoing TTL: GTSM always sends 255.
     pub fn outgoing_ttl(&self) -> u8 {
-        if self.ttl_security_hops.is_some() { 255 } else { self.ttl }
+        if self.ttl_security_hops.is_some() {
+            255
+        } else {
+            self.ttl
+        }
     }
 }
 
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to a live, initialised `T` of exactly `size_of::<T>()` bytes.
     let rc = unsafe {
-        libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn socket_is_ipv6(fd: RawFd) -> io::Result<bool> {
@@ -55,7 +69,13 @@ fn socket_is_ipv6(fd: RawFd) -> io::Result<bool> {
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: storage/len are valid for writes as above.
-    let rc = unsafe { libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -76,7 +96,9 @@ fn peer_sockaddr(peer: IpAddr, ipv6_socket: bool) -> libc::sockaddr_storage {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: 0,
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
@@ -87,7 +109,9 @@ fn peer_sockaddr(peer: IpAddr, ipv6_socket: bool) -> libc::sockaddr_storage {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: 0,
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: v6.octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.octets(),
+                },
                 sin6_scope_id: 0,
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
@@ -104,7 +128,10 @@ pub fn set_md5_key(fd: RawFd, peer: IpAddr, key: Option<&str>) -> io::Result<()>
     if key.len() > MD5_MAX_KEY_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("TCP MD5 key is {} bytes, the kernel accepts at most {MD5_MAX_KEY_LEN}", key.len()),
+            format!(
+                "TCP MD5 key is {} bytes, the kernel accepts at most {MD5_MAX_KEY_LEN}",
+                key.len()
+            ),
         ));
     }
     let mut sig = TcpMd5Sig {
@@ -127,7 +154,9 @@ pub fn set_md5_key(fd: RawFd, peer: IpAddr, key: Option<&str>) -> io::Result<()>
 /// Sets the TTL / hop limit of outgoing packets and, for GTSM, the minimum accepted TTL.
 pub fn set_ttl_options(fd: RawFd, ipv6: bool, options: &SocketOptions) -> io::Result<()> {
     let ttl = libc::c_int::from(options.outgoing_ttl());
-    let min_ttl = options.ttl_security_hops.map(|hops| 256 - libc::c_int::from(hops.max(1)));
+    let min_ttl = options
+        .ttl_security_hops
+        .map(|hops| 256 - libc::c_int::from(hops.max(1)));
     if ipv6 {
         setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &ttl)?;
         if let Some(min) = min_ttl {
@@ -144,7 +173,11 @@ pub fn set_ttl_options(fd: RawFd, ipv6: bool, options: &SocketOptions) -> io::Re
 
 /// Applies TTL and GTSM to an accepted or connected stream; `peer` decides v4 vs v6 semantics
 /// (an IPv4-mapped peer on a dual-stack socket still needs the IPv4 options).
-pub fn apply_to_stream(stream: &tokio::net::TcpStream, peer: IpAddr, options: &SocketOptions) -> io::Result<()> {
+pub fn apply_to_stream(
+    stream: &tokio::net::TcpStream,
+    peer: IpAddr,
+    options: &SocketOptions,
+) -> io::Result<()> {
     let fd = stream.as_raw_fd();
     let ipv6_peer = matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none());
     set_ttl_options(fd, ipv6_peer, options)?;
@@ -157,8 +190,16 @@ pub fn apply_to_stream(stream: &tokio::net::TcpStream, peer: IpAddr, options: &S
 
 /// A socket for an active connection to `remote`, bound to `source` when given, with MD5 and TTL set
 /// before the SYN is sent.
-pub fn connect_socket(remote: SocketAddr, source: Option<IpAddr>, options: &SocketOptions) -> io::Result<TcpSocket> {
-    let socket = if remote.is_ipv6() { TcpSocket::new_v6()? } else { TcpSocket::new_v4()? };
+pub fn connect_socket(
+    remote: SocketAddr,
+    source: Option<IpAddr>,
+    options: &SocketOptions,
+) -> io::Result<TcpSocket> {
+    let socket = if remote.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
     socket.set_nodelay(true)?;
     if let Some(source) = source {
         socket.bind(SocketAddr::new(source, 0))?;
@@ -174,11 +215,20 @@ pub fn connect_socket(remote: SocketAddr, source: Option<IpAddr>, options: &Sock
 /// A listening socket on `addr` (an IPv6 wildcard also accepts IPv4), with the MD5 keys of the
 /// configured peers installed before `listen`, so the first SYN of a peer is already verified.
 pub fn listen_socket(addr: SocketAddr, md5_keys: &[(IpAddr, String)]) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv6() { TcpSocket::new_v6()? } else { TcpSocket::new_v4()? };
+    let socket = if addr.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
     socket.set_reuseaddr(true)?;
     if addr.is_ipv6() {
         let off: libc::c_int = 0;
-        setsockopt(socket.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &off)?;
+        setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &off,
+        )?;
     }
     socket.bind(addr)?;
     for (peer, key) in md5_keys {

@@ -100,7 +100,11 @@ impl RouteView {
             }),
             med: attrs.med,
             local_pref: attrs.local_pref,
-            communities: attrs.communities.iter().map(|c| format!("{}:{}", c.0 >> 16, c.0 & 0xffff)).collect(),
+            communities: attrs
+                .communities
+                .iter()
+                .map(|c| format!("{}:{}", c.0 >> 16, c.0 & 0xffff))
+                .collect(),
             large_communities: attrs
                 .large_communities
                 .iter()
@@ -112,7 +116,10 @@ impl RouteView {
 
 /// RFC 3339 UTC timestamp (seconds precision) without a date crate.
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
     let z = days as i64 + 719_468;
@@ -124,7 +131,12 @@ pub fn rfc3339(time: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -135,7 +147,13 @@ mod tests {
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_000_000)), "2026-11-29T01:33:20Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_000_000)),
+            "2026-11-29T01:33:20Z"
+        );
     }
 }

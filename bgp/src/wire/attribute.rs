@@ -285,6 +285,7 @@ pub(crate) fn decode_attributes(
     let mut seen = [0u64; 4];
     let mut r = Reader::new(data);
     while !r.is_empty() {
+        // Offsets into the field: the reader only shrinks, so `remaining() <= data.len()`.
         let start = data.len() - r.remaining();
         let flags = r.u8();
         let type_code = r.u8();
@@ -319,7 +320,9 @@ pub(crate) fn decode_attributes(
         let (word, bit) = (usize::from(type_code / 64), 1u64 << (type_code % 64));
         let duplicate = seen[word] & bit != 0;
         seen[word] |= bit;
-        let outcome = if duplicate {
+        let outcome = if ignored(type_code, ctx, has_ipv4_nlri) {
+            Err(Fault::Ignore)
+        } else if duplicate {
             Err(
                 if matches!(type_code, ty::MP_REACH_NLRI | ty::MP_UNREACH_NLRI) {
                     Fault::Reset(UpdateError::MalformedAttributeList)
@@ -327,8 +330,6 @@ pub(crate) fn decode_attributes(
                     Fault::Discard(UpdateError::MalformedAttributeList)
                 },
             )
-        } else if ignored(type_code, ctx, has_ipv4_nlri) {
-            Err(Fault::Ignore)
         } else if let Some(fault) = check_flags(flags, type_code, &whole) {
             Err(fault)
         } else {
@@ -740,6 +741,16 @@ pub(crate) fn encode_mp_reach(
     ctx: &CodecContext,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    // The receiver accepts only these combinations (see `decode_mp_reach`).
+    let next_hop_fits = match (mp.afi_safi.afi, &mp.next_hop) {
+        (Afi::IPV4, NextHop::V4(_)) => true,
+        (Afi::IPV4, NextHop::V6 { .. }) => ctx.extended_next_hop.contains(mp.afi_safi),
+        (Afi::IPV6, NextHop::V6 { .. }) => true,
+        _ => false,
+    };
+    if !next_hop_fits {
+        return Err(EncodeError::NextHopFamily(mp.afi_safi));
+    }
     let add_path = ctx.add_path_tx(mp.afi_safi);
     let nlri_len: usize = mp.nlri.iter().map(|n| n.encoded_len(add_path)).sum();
     put_header(

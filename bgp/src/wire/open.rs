@@ -225,8 +225,8 @@ impl Capability {
         r.is_empty().then_some(cap)
     }
 
-    /// Appends code, length and value.
-    pub(crate) fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+    /// Appends code, length and value (e.g. for the data of an Unsupported Capability NOTIFICATION).
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
         let start = out.len();
         out.put_u8(self.code());
         out.put_u8(0);

@@ -18,9 +18,24 @@ pub fn net(s: &str) -> IpNet {
 }
 
 /// Starts a speaker listening on `address` with a free port and no peers yet.
-pub async fn speaker(address: IpAddr, router_id: Ipv4Addr, local_as: u32, prefixes: &[&str]) -> Speaker {
-    let config = SpeakerConfig { router_id, local_as, listen: Some(SocketAddr::new(address, 0)) };
-    Speaker::start(config, Vec::new(), prefixes.iter().map(|p| net(p)).collect()).await.expect("speaker starts")
+pub async fn speaker(
+    address: IpAddr,
+    router_id: Ipv4Addr,
+    local_as: u32,
+    prefixes: &[&str],
+) -> Speaker {
+    let config = SpeakerConfig {
+        router_id,
+        local_as,
+        listen: Some(SocketAddr::new(address, 0)),
+    };
+    Speaker::start(
+        config,
+        Vec::new(),
+        prefixes.iter().map(|p| net(p)).collect(),
+    )
+    .await
+    .expect("speaker starts")
 }
 
 /// A peer config towards `other` (listening on `port`), with short timers for tests.
@@ -70,9 +85,16 @@ pub fn status(speaker: &Speaker, peer: IpAddr) -> PeerStatus {
 }
 
 pub async fn wait_established(speaker: &Speaker, peer: IpAddr) -> PeerStatus {
-    match eventually(15, || speaker.peer(peer).filter(|s| s.state == "Established")).await {
+    match eventually(15, || {
+        speaker.peer(peer).filter(|s| s.state == "Established")
+    })
+    .await
+    {
         Some(status) => status,
-        None => panic!("session to {peer} not Established: {:?}", speaker.peer(peer)),
+        None => panic!(
+            "session to {peer} not Established: {:?}",
+            speaker.peer(peer)
+        ),
     }
 }
 
@@ -81,7 +103,10 @@ pub fn routes(speaker: &Speaker, peer: IpAddr) -> Vec<RouteView> {
 }
 
 pub fn prefixes(speaker: &Speaker, peer: IpAddr) -> Vec<String> {
-    routes(speaker, peer).iter().map(|r| r.prefix.to_string()).collect()
+    routes(speaker, peer)
+        .iter()
+        .map(|r| r.prefix.to_string())
+        .collect()
 }
 
 /// Waits until the routes from `peer` are exactly `expected` (sorted).
@@ -91,5 +116,9 @@ pub async fn wait_prefixes(speaker: &Speaker, peer: IpAddr, expected: &[&str]) {
         (got == expected).then_some(got)
     })
     .await;
-    assert!(got.is_some(), "routes from {peer}: {:?}, expected {expected:?}", prefixes(speaker, peer));
+    assert!(
+        got.is_some(),
+        "routes from {peer}: {:?}, expected {expected:?}",
+        prefixes(speaker, peer)
+    );
 }

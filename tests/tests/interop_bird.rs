@@ -1,0 +1,15 @@
+//! Reef <-> Bird interop (cases in reef_tests::interop; matrix in docs/INTEROP.md).
+
+use reef_lab::DaemonKind;
+use reef_tests::interop::Setup;
+
+reef_tests::interop_tests!(DaemonKind::Bird, [
+    routes_ebgp(Setup::ebgp()),
+    routes_ibgp(Setup::ibgp()),
+    md5_right_key,
+    md5_wrong_key,
+    frozen_peer,
+    restarted_peer,
+    notification_from_peer,
+    refresh_from_peer,
+]);
