@@ -20,6 +20,9 @@ pub const INJECTOR_AS: u32 = 65001;
 /// The hold time both sides configure; the injector sends a KEEPALIVE every third of it.
 pub const HOLD_TIME: u16 = 240;
 
+/// Longest pause between two probes when probes are slow (see the poll loop).
+const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Set by the SIGINT/SIGTERM handler of the benchmark binary: every wait gives up, so the Drop
 /// guards stop the daemons and delete the namespaces.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -112,12 +115,19 @@ fn measure_into(
     let expected = updates.prefixes;
     let started = session.send(&updates)?;
     let deadline = started + options.timeout;
+    let mut last_probe_error = None;
     let done = loop {
         check_interrupted()?;
         let probe_started = Instant::now();
-        let count = receiver.prefixes_received()?.unwrap_or(0);
+        // A daemon busy with the load may not answer in time (gobgp's gRPC API does not for seconds):
+        // keep the last count and ask again; the overall deadline bounds it.
+        match receiver.prefixes_received() {
+            Ok(Some(count)) => result.prefixes_received = count,
+            Ok(None) => {}
+            Err(error) => last_probe_error = Some(format!("{error:#}")),
+        }
         let probe_took = probe_started.elapsed();
-        result.prefixes_received = count;
+        let count = result.prefixes_received;
         if count >= expected {
             break Some(started.elapsed());
         }
@@ -130,15 +140,16 @@ fn measure_into(
         }
         // A probe that spawns a process (vtysh, gobgp) costs CPU the daemon under test would use on this
         // 2-core machine: keep probing below a fifth of one core.
-        std::thread::sleep(options.poll_interval.max(probe_took * 4));
+        std::thread::sleep(options.poll_interval.max((probe_took * 4).min(MAX_PROBE_BACKOFF)));
     };
     result.write_seconds = session.written().map(|written| written.as_secs_f64());
     result.peak_rss_mib = Some(mib(receiver.memory()?.peak_rss_kib));
     let Some(elapsed) = done else {
         bail!(
-            "timeout after {:.0} s: {} of {expected} prefixes (log: {})",
+            "timeout after {:.0} s: {} of {expected} prefixes (last probe error: {}; log: {})",
             options.timeout.as_secs_f64(),
             result.prefixes_received,
+            last_probe_error.as_deref().unwrap_or("none"),
             receiver.log_tail()
         );
     };

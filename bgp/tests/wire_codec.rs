@@ -1054,7 +1054,12 @@ fn rfc7606_attribute_discard_cases() {
         ),
         &old,
     );
-    assert!(update.errors.is_empty(), "an empty AS4_PATH is well-formed");
+    // RFC 6793 §6: an AS4_PATH shorter than 6 octets (here empty) is malformed.
+    assert_eq!(
+        (update.errors[0].type_code, update.errors[0].action),
+        (17, ErrorAction::AttributeDiscard)
+    );
+    assert_eq!(update.nlri, vec![net("10.0.0.0/8")]);
     let update = decode_update(
         &upd(
             "40 01 01 00 40 02 04 02 01 fde9 40 03 04 c0000201 c0 11 01 02",
@@ -1077,17 +1082,18 @@ fn rfc7606_attribute_discard_cases() {
         (update.errors[0].type_code, update.errors[0].action),
         (18, ErrorAction::AttributeDiscard)
     );
-    // AS4_PATH with a confederation segment is malformed (RFC 6793 §6).
+    // Confederation segments in AS4_PATH are dropped, the rest kept (RFC 6793 §6).
     let update = decode_update(
         &upd(
-            "40 01 01 00 40 02 04 02 01 fde9 40 03 04 c0000201 c0 11 06 03 01 0000fde9",
+            "40 01 01 00 40 02 04 02 01 fde9 40 03 04 c0000201 c0 11 0c 03 01 0000fde9 02 01 fa56ea00",
             "08 0a",
         ),
         &old,
     );
+    assert!(update.errors.is_empty());
     assert_eq!(
-        (update.errors[0].type_code, update.errors[0].action),
-        (17, ErrorAction::AttributeDiscard)
+        update.attributes.as4_path,
+        Some(AsPath::from_sequence(vec![4_200_000_000]))
     );
 }
 
@@ -1111,9 +1117,10 @@ fn rfc7606_ignored_attributes() {
         &update.raw_attributes[..],
         &hex("40010100 40020602010000fde9 400304c0000201")[..]
     );
-    // AS4_PATH from a 4-octet speaker is ignored (RFC 6793 §4.1).
+    // AS4_PATH from a 4-octet speaker is discarded and reported for the log (RFC 6793 §6).
     let update = outcome("c0 11 06 02 01 0000fde9", &ctx4());
-    assert!(update.errors.is_empty() && update.attributes.as4_path.is_none());
+    assert_discarded(&update, 17, 9);
+    assert!(update.attributes.as4_path.is_none());
     // NEXT_HOP in an UPDATE without NLRI field is ignored, even when malformed (RFC 4760 §3).
     let bytes = upd("40 01 01 00 40 02 00 40 03 01 00", "");
     let update = decode_update(&bytes, &ctx4());
@@ -1399,6 +1406,19 @@ fn oversized_update_is_an_encode_error() {
         ..ctx4()
     };
     assert!(Message::Update(update).encode(&ext, &mut out).is_ok());
+    // An MP_REACH next hop the receiver would reject is refused.
+    let bad_nh = Update {
+        mp_reach: Some(MpReach {
+            afi_safi: AfiSafi::IPV6_UNICAST,
+            next_hop: NextHop::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            nlri: vec![net("2001:db8::/32")],
+        }),
+        ..Update::default()
+    };
+    assert_eq!(
+        Message::Update(bad_nh).to_bytes(&ctx4()),
+        Err(EncodeError::NextHopFamily(AfiSafi::IPV6_UNICAST))
+    );
     // A v6 prefix cannot go in the NLRI field.
     let bad = Update {
         nlri: vec![net("2001:db8::/32")],

@@ -53,6 +53,9 @@ pub struct IPPoolSpec {
     /// When to encapsulate pod traffic to other nodes in VXLAN.
     #[serde(default)]
     pub vxlan_mode: VxlanMode,
+    /// Accepted so Calico YAML ports; Reef has no IP-in-IP, so only `Never` validates.
+    #[serde(default, rename = "ipipMode", skip_serializing_if = "Option::is_none")]
+    pub ipip_mode: Option<VxlanMode>,
     /// Masquerade traffic from pool addresses to destinations outside all pools.
     #[serde(default)]
     pub nat_outgoing: bool,
@@ -96,7 +99,7 @@ impl IPPoolSpec {
     }
 }
 
-/// When pod traffic to another node is encapsulated in VXLAN.
+/// When pod traffic to another node is encapsulated (`vxlanMode`; also the shape of Calico's `ipipMode`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum VxlanMode {
     /// Never encapsulate: the fabric routes pod addresses (BGP).

@@ -15,7 +15,7 @@ use crate::bgp::{
 };
 use crate::ipam::{
     AllowedUse, BlockAffinity, DEFAULT_BLOCK_SIZE_V4, DEFAULT_BLOCK_SIZE_V6, HOST_AFFINITY_PREFIX,
-    IPAM_CONFIG_NAME, IPAMBlock, IPAMConfig, IPAMHandle, IPPool,
+    IPAM_CONFIG_NAME, IPAMBlock, IPAMConfig, IPAMHandle, IPPool, VxlanMode,
 };
 use crate::node::ReefNode;
 use crate::policy::{
@@ -295,6 +295,12 @@ impl Validate for IPPool {
                     format!("/{size} blocks{which} do not fit in the /{pool_len} pool (set blockSize to at least {pool_len})"),
                 );
             }
+        }
+        if let Some(mode) = spec.ipip_mode.filter(|m| *m != VxlanMode::Never) {
+            errors.push(
+                "spec.ipipMode",
+                format!("{mode:?} is not supported: Reef has no IP-in-IP (set vxlanMode: {mode:?} instead, and ipipMode: Never or omit it)"),
+            );
         }
         check_selector(&mut errors, "spec.nodeSelector", &spec.node_selector);
         if spec.allowed_uses.is_empty() {

@@ -61,6 +61,14 @@ fn ippool_cidr_and_block_size() {
             "spec.blockSize: /26 blocks (the default) do not fit in the /28 pool (set blockSize to at least 28)"
         ]
     );
+    let mut ipip = pool("10.0.0.0/16", None);
+    ipip.spec.ipip_mode = Some(reef_crds::VxlanMode::Always);
+    assert_eq!(
+        messages(ipip.validate()),
+        [
+            "spec.ipipMode: Always is not supported: Reef has no IP-in-IP (set vxlanMode: Always instead, and ipipMode: Never or omit it)"
+        ]
+    );
     let mut bad_selector = pool("10.0.0.0/16", None);
     bad_selector.spec.node_selector = "rack = 'a'".into();
     let msgs = messages(bad_selector.validate());

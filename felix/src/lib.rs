@@ -5,6 +5,6 @@
 pub mod fib;
 
 pub use fib::{
-    ApplyReport, FibDiff, FibError, FibOp, FibProgrammer, MAIN_TABLE, NextHop, REEF_ROUTE_PROTOCOL, Route,
-    RouteError, RouteFailure, RouteKey, RouteKind,
+    ApplyReport, FibDiff, FibError, FibOp, FibProgrammer, MAIN_TABLE, NextHop, REEF_ROUTE_PROTOCOL,
+    Route, RouteError, RouteFailure, RouteKey, RouteKind,
 };

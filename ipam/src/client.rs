@@ -110,6 +110,12 @@ struct NodeState {
     affine: Option<BTreeSet<IpNet>>,
 }
 
+/// A stored block and the allocator's view of it.
+struct CachedBlock {
+    obj: IPAMBlock,
+    block: Block,
+}
+
 /// The IPAM client. One per process is enough; it may serve several nodes.
 pub struct Ipam {
     datastore: Datastore,
@@ -119,7 +125,7 @@ pub struct Ipam {
     handles: Arc<dyn Store<IPAMHandle>>,
     configs: Arc<dyn Store<IPAMConfig>>,
     /// The last seen version of blocks: the base of the next CAS write (a conflict evicts it).
-    block_cache: Mutex<HashMap<IpNet, IPAMBlock>>,
+    block_cache: Mutex<HashMap<IpNet, Arc<CachedBlock>>>,
     nodes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<NodeState>>>>,
     /// When each block was first seen empty by `release_empty_blocks`.
     empty_since: Mutex<HashMap<IpNet, Instant>>,
@@ -342,7 +348,7 @@ impl Ipam {
                 {
                     lenders.push(block.cidr);
                 }
-                self.cache_block(block.cidr, obj);
+                self.cache_block(obj, block);
             }
             for cidr in lenders {
                 let need = num - got.len();
@@ -405,7 +411,7 @@ impl Ipam {
         attrs.insert(ATTR_NODE.into(), args.node.clone());
         let attr = attribute(&args.handle_id, attrs);
         for attempt in 0..MAX_ATTEMPTS {
-            let Some(obj) = self.read_block(cidr).await? else {
+            let Some(cached) = self.read_block(cidr).await? else {
                 // No block yet: claim it for this node (someone else may win; then we borrow from theirs).
                 if self.claim_affinity(&args.node, cidr).await? {
                     let lock = self.node_state(&args.node);
@@ -416,15 +422,14 @@ impl Ipam {
                 }
                 continue;
             };
-            let block = block_from_spec(&obj.spec)?;
-            let (next, assigned) = block.assign_ip(ip, &attr).map_err(|e| match e {
+            let (next, assigned) = cached.block.assign_ip(ip, &attr).map_err(|e| match e {
                 crate::block::BlockError::AlreadyAllocated { handle, .. } => {
                     IpamError::AlreadyAllocated { ip, handle }
                 }
                 other => IpamError::Block(other),
             })?;
             if self
-                .write_assignment(&obj, &next, &args.handle_id, 1)
+                .write_assignment(&cached.obj, next, &args.handle_id, 1)
                 .await?
             {
                 return Ok(assigned);
@@ -555,7 +560,7 @@ impl Ipam {
         let host = format!("host:{node}");
         let block = Block::new(cidr, Some(host.clone()))?;
         match self.blocks.create(&new_block_object(&block)).await {
-            Ok(stored) => self.cache_block(cidr, stored),
+            Ok(stored) => self.cache_block(stored, block),
             Err(StoreError::AlreadyExists) => {
                 let existing = self.blocks.get(None, &block_name(cidr)).await?;
                 if existing.as_ref().and_then(|b| b.spec.affinity.as_deref()) != Some(host.as_str())
@@ -756,11 +761,11 @@ impl Ipam {
         Ok(affine)
     }
 
-    fn cache_block(&self, cidr: IpNet, obj: IPAMBlock) {
+    fn cache_block(&self, obj: IPAMBlock, block: Block) {
         self.block_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(cidr, obj);
+            .insert(block.cidr, Arc::new(CachedBlock { obj, block }));
     }
 
     fn evict_block(&self, cidr: IpNet) {
@@ -771,21 +776,26 @@ impl Ipam {
     }
 
     /// The last seen version of a block, or a fresh read.
-    async fn read_block(&self, cidr: IpNet) -> Result<Option<IPAMBlock>, IpamError> {
+    async fn read_block(&self, cidr: IpNet) -> Result<Option<Arc<CachedBlock>>, IpamError> {
         let cached = self
             .block_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&cidr)
             .cloned();
-        if let Some(obj) = cached {
-            return Ok(Some(obj));
+        if cached.is_some() {
+            return Ok(cached);
         }
-        let obj = self.blocks.get(None, &block_name(cidr)).await?;
-        if let Some(obj) = &obj {
-            self.cache_block(cidr, obj.clone());
-        }
-        Ok(obj)
+        let Some(obj) = self.blocks.get(None, &block_name(cidr)).await? else {
+            return Ok(None);
+        };
+        let block = block_from_spec(&obj.spec)?;
+        let cached = Arc::new(CachedBlock { obj, block });
+        self.block_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cidr, cached.clone());
+        Ok(Some(cached))
     }
 
     /// Take up to `num` addresses from one block. `affine_to`: only while the block is still that node's.
@@ -799,16 +809,16 @@ impl Ipam {
     ) -> Result<Option<Vec<Assigned>>, IpamError> {
         let handle_id = attr.handle_id.clone().unwrap_or_default();
         for attempt in 0..MAX_ATTEMPTS {
-            let Some(obj) = self.read_block(cidr).await? else {
-                return Ok(None);
-            };
-            let block = match block_from_spec(&obj.spec) {
-                Ok(b) => b,
-                Err(e) => {
+            let cached = match self.read_block(cidr).await {
+                Ok(Some(cached)) => cached,
+                Ok(None) => return Ok(None),
+                Err(IpamError::Block(e)) => {
                     tracing::warn!(block = %cidr, error = %e, "skipping an invalid block (see `reefctl ipam check`)");
                     return Ok(None);
                 }
+                Err(e) => return Err(e),
             };
+            let (obj, block) = (&cached.obj, &cached.block);
             if obj.spec.deleted || affine_to.is_some_and(|n| block.affine_node() != Some(n)) {
                 return Ok(None);
             }
@@ -817,7 +827,7 @@ impl Ipam {
                 return Ok(Some(assigned));
             }
             if self
-                .write_assignment(&obj, &next, &handle_id, assigned.len())
+                .write_assignment(obj, next, &handle_id, assigned.len())
                 .await?
             {
                 return Ok(Some(assigned));
@@ -832,15 +842,15 @@ impl Ipam {
     async fn write_assignment(
         &self,
         obj: &IPAMBlock,
-        next: &Block,
+        next: Block,
         handle_id: &str,
         count: usize,
     ) -> Result<bool, IpamError> {
         let cidr = next.cidr;
         self.change_handle(handle_id, cidr, count as i64).await?;
-        match self.blocks.update(&store_block(obj, next)).await {
+        match self.blocks.update(&store_block(obj, &next)).await {
             Ok(stored) => {
-                self.cache_block(cidr, stored);
+                self.cache_block(stored, next);
                 Ok(true)
             }
             Err(StoreError::Conflict | StoreError::NotFound) => {
@@ -926,13 +936,13 @@ impl Ipam {
         requests: &[ReleaseRequest],
     ) -> Result<Vec<ReleaseOutcome>, IpamError> {
         for attempt in 0..MAX_ATTEMPTS {
-            let Some(obj) = self.read_block(cidr).await? else {
+            let Some(cached) = self.read_block(cidr).await? else {
                 return Ok(requests
                     .iter()
                     .map(|r| ReleaseOutcome::NotAllocated { ip: r.ip })
                     .collect());
             };
-            let (next, outcomes) = block_from_spec(&obj.spec)?.release(requests)?;
+            let (next, outcomes) = cached.block.release(requests)?;
             let mut per_handle: BTreeMap<String, i64> = BTreeMap::new();
             for outcome in &outcomes {
                 if let ReleaseOutcome::Released {
@@ -948,9 +958,9 @@ impl Ipam {
             {
                 return Ok(outcomes);
             }
-            match self.blocks.update(&store_block(&obj, &next)).await {
+            match self.blocks.update(&store_block(&cached.obj, &next)).await {
                 Ok(stored) => {
-                    self.cache_block(cidr, stored);
+                    self.cache_block(stored, next);
                     for (handle, count) in per_handle {
                         self.change_handle(&handle, cidr, -count).await?;
                     }
@@ -976,16 +986,16 @@ impl Ipam {
         handle_id: &str,
     ) -> Result<Vec<IpAddr>, IpamError> {
         for attempt in 0..MAX_ATTEMPTS {
-            let Some(obj) = self.read_block(cidr).await? else {
+            let Some(cached) = self.read_block(cidr).await? else {
                 return Ok(Vec::new());
             };
-            let (next, ips) = block_from_spec(&obj.spec)?.release_by_handle(handle_id);
+            let (next, ips) = cached.block.release_by_handle(handle_id);
             if ips.is_empty() {
                 return Ok(ips);
             }
-            match self.blocks.update(&store_block(&obj, &next)).await {
+            match self.blocks.update(&store_block(&cached.obj, &next)).await {
                 Ok(stored) => {
-                    self.cache_block(cidr, stored);
+                    self.cache_block(stored, next);
                     return Ok(ips);
                 }
                 Err(StoreError::Conflict | StoreError::NotFound) => {
@@ -1009,26 +1019,29 @@ impl Ipam {
         pools: &[PoolLayout],
         known: &BTreeSet<IpNet>,
     ) -> Result<Option<IpNet>, IpamError> {
-        let (blocks, _) = self.blocks.list(None).await?;
-        let host = format!("host:{node}");
-        // A block affine to this node that it lost track of (an interrupted claim) comes first.
-        let mut existing = BTreeSet::new();
-        for block in &blocks {
-            let Some(cidr) = block.spec.cidr_net() else {
+        // Affinities, not blocks, tell which blocks are taken: they are small, while a list of full blocks
+        // is megabytes. A block without affinity (rare: released by its node while still in use) is found
+        // when creating it fails, which `claim_affinity` handles.
+        let (affinities, _) = self.affinities.list(None).await?;
+        let mut taken = BTreeSet::new();
+        for affinity in &affinities {
+            let Ok(cidr) = affinity.spec.cidr.parse::<IpNet>() else {
                 continue;
             };
-            if block.spec.affinity.as_deref() == Some(host.as_str())
+            // A block of this node it lost track of (an interrupted claim) comes first.
+            if affinity.spec.node == node
+                && affinity.spec.state != AffinityState::PendingDeletion
                 && !known.contains(&cidr)
                 && pools.iter().any(|p| p.owns_block(cidr))
                 && self.claim_affinity(node, cidr).await?
             {
                 return Ok(Some(cidr));
             }
-            existing.insert(cidr);
+            taken.insert(cidr);
         }
         for pool in pools {
             for cidr in pool.blocks_for_node(node) {
-                if existing.contains(&cidr) {
+                if taken.contains(&cidr) {
                     continue;
                 }
                 if self.claim_affinity(node, cidr).await? {

@@ -59,9 +59,10 @@ pub fn block_from_spec(spec: &IPAMBlockSpec) -> Result<Block, BlockError> {
 /// Writes the allocator's state back into `obj` (keeping its metadata, so the update is a CAS on the
 /// revision it was read at).
 pub fn store_block(obj: &IPAMBlock, block: &Block) -> IPAMBlock {
-    let mut next = obj.clone();
-    next.spec = spec_of(block, obj.spec.deleted, obj.spec.strict_affinity);
-    next
+    IPAMBlock {
+        metadata: obj.metadata.clone(),
+        spec: spec_of(block, obj.spec.deleted, obj.spec.strict_affinity),
+    }
 }
 
 /// A new stored block object for `block`.

@@ -58,12 +58,21 @@ fn run(scenario: &Scenario, dir: &Path, index: usize) -> (PathBuf, String) {
     let b = scenario.other.start(b_ns, b_config).unwrap();
     let (a_addr, b_addr) = (link.a.v4.into(), link.b.v4.into());
     check(a.wait_established(b_addr, WAIT), &[&*a, &*b]);
-    let all: BTreeSet<IpNet> = ["10.1.0.0/24", "10.1.1.0/24", "2001:db8:100::/48"].iter().map(|p| prefix(p)).collect();
+    let all: BTreeSet<IpNet> = ["10.1.0.0/24", "10.1.1.0/24", "2001:db8:100::/48"]
+        .iter()
+        .map(|p| prefix(p))
+        .collect();
     check(b.wait_routes_from(a_addr, &all, WAIT), &[&*a, &*b]);
-    check(a.wait_routes_from(b_addr, &[prefix("10.2.0.0/24")].into(), WAIT), &[&*a, &*b]);
+    check(
+        a.wait_routes_from(b_addr, &[prefix("10.2.0.0/24")].into(), WAIT),
+        &[&*a, &*b],
+    );
     a.withdraw(prefix("10.1.1.0/24")).unwrap();
     a.withdraw(prefix("2001:db8:100::/48")).unwrap();
-    check(b.wait_routes_from(a_addr, &[prefix("10.1.0.0/24")].into(), WAIT), &[&*a, &*b]);
+    check(
+        b.wait_routes_from(a_addr, &[prefix("10.1.0.0/24")].into(), WAIT),
+        &[&*a, &*b],
+    );
     if a.refresh_in(b_addr).is_ok() {
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -84,42 +93,109 @@ fn version(kind: DaemonKind) -> String {
         text.push_str(&String::from_utf8_lossy(&o.stderr));
         text
     });
-    out.unwrap_or_default().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+    out.unwrap_or_default()
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 fn main() {
     require_root();
-    let out: PathBuf = std::env::args().nth(1).unwrap_or_else(|| "bgp/tests/fixtures".to_string()).into();
+    let out: PathBuf = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "bgp/tests/fixtures".to_string())
+        .into();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pcap-to-fixtures");
     let scratch = tempfile::tempdir().unwrap();
     let scenarios = [
-        Scenario { subject: DaemonKind::Frr, subject_as: 4_200_000_001, other: DaemonKind::Bird, other_as: 65002, description: "eBGP, FRR AS 4200000001 (4-octet) with BIRD AS 65002" },
-        Scenario { subject: DaemonKind::Frr, subject_as: 65001, other: DaemonKind::Bird, other_as: 65001, description: "iBGP, FRR AS 65001 with BIRD AS 65001" },
-        Scenario { subject: DaemonKind::Bird, subject_as: 4_200_000_002, other: DaemonKind::Frr, other_as: 65001, description: "eBGP, BIRD AS 4200000002 (4-octet) with FRR AS 65001" },
-        Scenario { subject: DaemonKind::Bird, subject_as: 65001, other: DaemonKind::Frr, other_as: 65001, description: "iBGP, BIRD AS 65001 with FRR AS 65001" },
-        Scenario { subject: DaemonKind::GoBgp, subject_as: 4_200_000_003, other: DaemonKind::Frr, other_as: 65001, description: "eBGP, GoBGP AS 4200000003 (4-octet) with FRR AS 65001" },
-        Scenario { subject: DaemonKind::GoBgp, subject_as: 65001, other: DaemonKind::Bird, other_as: 65001, description: "iBGP, GoBGP AS 65001 with BIRD AS 65001" },
-        Scenario { subject: DaemonKind::ExaBgp, subject_as: 4_200_000_004, other: DaemonKind::Frr, other_as: 65001, description: "eBGP, ExaBGP AS 4200000004 (4-octet) with FRR AS 65001" },
-        Scenario { subject: DaemonKind::ExaBgp, subject_as: 65001, other: DaemonKind::Bird, other_as: 65001, description: "iBGP, ExaBGP AS 65001 with BIRD AS 65001" },
+        Scenario {
+            subject: DaemonKind::Frr,
+            subject_as: 4_200_000_001,
+            other: DaemonKind::Bird,
+            other_as: 65002,
+            description: "eBGP, FRR AS 4200000001 (4-octet) with BIRD AS 65002",
+        },
+        Scenario {
+            subject: DaemonKind::Frr,
+            subject_as: 65001,
+            other: DaemonKind::Bird,
+            other_as: 65001,
+            description: "iBGP, FRR AS 65001 with BIRD AS 65001",
+        },
+        Scenario {
+            subject: DaemonKind::Bird,
+            subject_as: 4_200_000_002,
+            other: DaemonKind::Frr,
+            other_as: 65001,
+            description: "eBGP, BIRD AS 4200000002 (4-octet) with FRR AS 65001",
+        },
+        Scenario {
+            subject: DaemonKind::Bird,
+            subject_as: 65001,
+            other: DaemonKind::Frr,
+            other_as: 65001,
+            description: "iBGP, BIRD AS 65001 with FRR AS 65001",
+        },
+        Scenario {
+            subject: DaemonKind::GoBgp,
+            subject_as: 4_200_000_003,
+            other: DaemonKind::Frr,
+            other_as: 65001,
+            description: "eBGP, GoBGP AS 4200000003 (4-octet) with FRR AS 65001",
+        },
+        Scenario {
+            subject: DaemonKind::GoBgp,
+            subject_as: 65001,
+            other: DaemonKind::Bird,
+            other_as: 65001,
+            description: "iBGP, GoBGP AS 65001 with BIRD AS 65001",
+        },
+        Scenario {
+            subject: DaemonKind::ExaBgp,
+            subject_as: 4_200_000_004,
+            other: DaemonKind::Frr,
+            other_as: 65001,
+            description: "eBGP, ExaBGP AS 4200000004 (4-octet) with FRR AS 65001",
+        },
+        Scenario {
+            subject: DaemonKind::ExaBgp,
+            subject_as: 65001,
+            other: DaemonKind::Bird,
+            other_as: 65001,
+            description: "iBGP, ExaBGP AS 65001 with BIRD AS 65001",
+        },
     ];
     for kind in DaemonKind::ALL {
         let mut cmd = Command::new("python3");
         cmd.arg(&script).arg("--out").arg(out.join(kind.name()));
-        cmd.arg("--title").arg(format!("BGP messages sent by {}", version(kind)));
-        cmd.arg("--note").arg(format!(
-            "Captured by `cargo run -p reef-lab --example capture_fixtures` (lab/examples/capture_fixtures.rs): \
+        cmd.arg("--title")
+            .arg(format!("BGP messages sent by {}", version(kind)));
+        cmd.arg("--note").arg("Captured by `cargo run -p reef-lab --example capture_fixtures` (lab/examples/capture_fixtures.rs): \
              the daemon peers with another over a veth link (session over IPv4, IPv4 and IPv6 unicast), \
              originates 10.1.0.0/24, 10.1.1.0/24 and 2001:db8:100::/48 with MED 50, COMMUNITIES 65001:100 \
              65001:200 and a large community <own AS>:1:2, \
              then withdraws 10.1.1.0/24 and 2001:db8:100::/48, asks for a route refresh (not GoBGP: it cannot), \
              and shuts the session down administratively. Timers: hold 9 s, keepalive 3 s. \
              One message per file, hex; only the first KEEPALIVE of each session is kept."
-        ));
-        for (i, scenario) in scenarios.iter().enumerate().filter(|(_, s)| s.subject == kind) {
+        );
+        for (i, scenario) in scenarios
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.subject == kind)
+        {
             let (pcap, sender) = run(scenario, scratch.path(), i);
-            cmd.arg("--capture").arg(&pcap).arg(&sender).arg(scenario.description);
+            cmd.arg("--capture")
+                .arg(&pcap)
+                .arg(&sender)
+                .arg(scenario.description);
         }
         let status = cmd.status().unwrap();
-        assert!(status.success(), "pcap-to-fixtures failed for {}", kind.name());
+        assert!(
+            status.success(),
+            "pcap-to-fixtures failed for {}",
+            kind.name()
+        );
     }
 }

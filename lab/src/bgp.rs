@@ -169,14 +169,22 @@ pub trait BgpDaemon {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log" || e == "out" || e == "conf" || e == "toml"))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "log" || e == "out" || e == "conf" || e == "toml")
+            })
             .collect();
         entries.sort();
         for path in entries {
             let content = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = content.lines().collect();
             let tail = &lines[lines.len().saturating_sub(40)..];
-            text.push_str(&format!("==> {} ({}) <==\n{}\n", path.display(), self.kind(), tail.join("\n")));
+            text.push_str(&format!(
+                "==> {} ({}) <==\n{}\n",
+                path.display(),
+                self.kind(),
+                tail.join("\n")
+            ));
         }
         text
     }
@@ -193,7 +201,12 @@ pub trait BgpDaemon {
     }
 
     /// Waits (bounded) until the prefixes from `peer` are exactly `expected`.
-    fn wait_routes_from(&self, peer: IpAddr, expected: &BTreeSet<IpNet>, timeout: Duration) -> Result<()> {
+    fn wait_routes_from(
+        &self,
+        peer: IpAddr,
+        expected: &BTreeSet<IpNet>,
+        timeout: Duration,
+    ) -> Result<()> {
         let mut last = BTreeSet::new();
         let found = crate::run::wait_until(timeout, Duration::from_millis(200), || {
             last = self.routes_from(peer).ok()?;
@@ -239,7 +252,12 @@ pub enum DaemonKind {
 }
 
 impl DaemonKind {
-    pub const ALL: [DaemonKind; 4] = [DaemonKind::Bird, DaemonKind::Frr, DaemonKind::GoBgp, DaemonKind::ExaBgp];
+    pub const ALL: [DaemonKind; 4] = [
+        DaemonKind::Bird,
+        DaemonKind::Frr,
+        DaemonKind::GoBgp,
+        DaemonKind::ExaBgp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -78,21 +78,37 @@ fn birdc(socket: &std::path::Path, args: &[&str]) -> Result<String> {
     Ok(out)
 }
 
-fn spawn(ns: &Netns, dir: &std::path::Path, config: &BgpConfig, originated: &[IpNet]) -> Result<Process> {
+fn spawn(
+    ns: &Netns,
+    dir: &std::path::Path,
+    config: &BgpConfig,
+    originated: &[IpNet],
+) -> Result<Process> {
     let conf = dir.join("bird.conf");
     write_file(&conf, &render(dir, config, originated))?;
     let socket = dir.join("bird.ctl");
     let _ = std::fs::remove_file(&socket);
     let mut cmd = ns.command("bird");
     // -f: foreground, so the child we hold is BIRD itself (ip netns exec execs in place).
-    cmd.arg("-f").arg("-c").arg(&conf).arg("-s").arg(&socket).arg("-P").arg(dir.join("bird.pid"));
+    cmd.arg("-f")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-s")
+        .arg(&socket)
+        .arg("-P")
+        .arg(dir.join("bird.pid"));
     let mut process = Process::spawn("bird", cmd, &dir.join("bird.out"))?;
-    let ready = wait_for("birdc to answer", START_TIMEOUT, Duration::from_millis(50), || {
-        if !process.is_running() {
-            return Some(false);
-        }
-        birdc(&socket, &["show", "status"]).ok().map(|_| true)
-    })?;
+    let ready = wait_for(
+        "birdc to answer",
+        START_TIMEOUT,
+        Duration::from_millis(50),
+        || {
+            if !process.is_running() {
+                return Some(false);
+            }
+            birdc(&socket, &["show", "status"]).ok().map(|_| true)
+        },
+    )?;
     if !ready {
         let log = std::fs::read_to_string(dir.join("bird.out")).unwrap_or_default();
         return Err(LabError::Daemon(format!("bird exited at start: {log}")));
@@ -174,12 +190,9 @@ fn render(dir: &std::path::Path, config: &BgpConfig, originated: &[IpNet]) -> St
 fn parse_routes(text: &str) -> Result<BTreeSet<IpNet>> {
     let mut prefixes = BTreeSet::new();
     for line in text.lines() {
-        if line.starts_with(|c: char| c.is_ascii_hexdigit()) {
-            if let Some(first) = line.split_whitespace().next() {
-                if first.contains('/') {
-                    prefixes.insert(parse_prefix(first)?);
-                }
-            }
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if line.starts_with(|c: char| c.is_ascii_hexdigit()) && first.contains('/') {
+            prefixes.insert(parse_prefix(first)?);
         }
     }
     Ok(prefixes)
@@ -241,7 +254,8 @@ impl BgpDaemon for Bird {
     }
 
     fn refresh_in(&self, peer: IpAddr) -> Result<()> {
-        self.birdc(&["reload", "in", &self.protocol(peer)?]).map(|_| ())
+        self.birdc(&["reload", "in", &self.protocol(peer)?])
+            .map(|_| ())
     }
 
     fn updates_received(&self, peer: IpAddr) -> Result<u64> {
@@ -266,7 +280,11 @@ mod tests {
     #[test]
     fn parses_show_route_and_counters() {
         let routes = "BIRD 2.0.12 ready.\nTable master4:\n10.2.0.0/24          unicast [n0 17:36:29.134] * (100) [AS65002i]\n\tvia 198.18.0.2 on xa\n\nTable master6:\n2001:db8:200::/48    unicast [n0 17:36:29.134 from 198.18.0.2] * (100) [AS65002i]\n\tvia 2001:db8::2 on xa\n";
-        let got: Vec<String> = parse_routes(routes).unwrap().iter().map(|p| p.to_string()).collect();
+        let got: Vec<String> = parse_routes(routes)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         assert_eq!(got, ["10.2.0.0/24", "2001:db8:200::/48"]);
         let status = "    Route change stats:     received   rejected   filtered    ignored   accepted\n      Import updates:              2          0          0          0          2\n      Import withdraws:            1          0        ---          1          0\n      Import updates:              3          0          0          0          3\n";
         assert_eq!(parse_import_updates(status).unwrap(), 5);

@@ -21,14 +21,24 @@ impl Capture {
         let log = path.with_extension("tcpdump.log");
         let file = path.to_string_lossy();
         // -U: write each packet as it arrives, so the file is complete when we stop it.
-        let mut process = ns.spawn("tcpdump", "tcpdump", &["-U", "-n", "-i", ifname, "-w", &file, filter], &log)?;
-        let listening = wait_for("tcpdump to listen", Duration::from_secs(10), Duration::from_millis(20), || {
-            if !process.is_running() {
-                return Some(false);
-            }
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.contains("listening on").then_some(true)
-        })?;
+        let mut process = ns.spawn(
+            "tcpdump",
+            "tcpdump",
+            &["-U", "-n", "-i", ifname, "-w", &file, filter],
+            &log,
+        )?;
+        let listening = wait_for(
+            "tcpdump to listen",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                if !process.is_running() {
+                    return Some(false);
+                }
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.contains("listening on").then_some(true)
+            },
+        )?;
         if !listening {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(LabError::Daemon(format!("tcpdump exited: {text}")));

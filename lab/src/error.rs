@@ -25,7 +25,9 @@ pub enum LabError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("binary `{name}` not found next to the test executable (looked in {dir}); build it first (cargo build --bins)")]
+    #[error(
+        "binary `{name}` not found next to the test executable (looked in {dir}); build it first (cargo build --bins)"
+    )]
     BinaryNotFound { name: String, dir: PathBuf },
     #[error("cannot parse {what}: {detail}")]
     Parse { what: String, detail: String },

@@ -21,23 +21,24 @@ use crate::run::{run_ok, wait_for};
 /// The API process: named pipe lines -> ExaBGP (stdout); ExaBGP events (stdin) -> the log.
 /// The pipe is opened read-write so it never reports end-of-file between our writers.
 const API_HELPER: &str = r#"import os, select, sys
+# Raw reads on both descriptors: a buffered readline could keep a second line in its buffer while
+# select() sees nothing more to read.
 commands, log_path = sys.argv[1], sys.argv[2]
-fd = os.open(commands, os.O_RDWR)
-log = open(log_path, "a", buffering=1)
+pipe = os.open(commands, os.O_RDWR)
+log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 pending = b""
 while True:
-    ready, _, _ = select.select([sys.stdin, fd], [], [])
-    if sys.stdin in ready:
-        line = sys.stdin.readline()
-        if not line:
+    ready, _, _ = select.select([0, pipe], [], [])
+    if 0 in ready:
+        data = os.read(0, 65536)
+        if not data:
             break
-        log.write(line)
-    if fd in ready:
-        pending += os.read(fd, 65536)
+        os.write(log, data)
+    if pipe in ready:
+        pending += os.read(pipe, 65536)
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
-            sys.stdout.write(line.decode() + "\n")
-            sys.stdout.flush()
+            os.write(1, line + b"\n")
 "#;
 
 /// An ExaBGP daemon. It listens on its IPv4 address too (`exabgp.tcp.bind`), so peers may connect.
@@ -120,7 +121,11 @@ fn route_spec(config: &BgpConfig, prefix: &IpNet) -> String {
         let _ = write!(spec, " med {med}");
     }
     if !attrs.communities.is_empty() {
-        let list: Vec<String> = attrs.communities.iter().map(|(a, b)| format!("{a}:{b}")).collect();
+        let list: Vec<String> = attrs
+            .communities
+            .iter()
+            .map(|(a, b)| format!("{a}:{b}"))
+            .collect();
         let _ = write!(spec, " community [{}]", list.join(" "));
     }
     if !attrs.large_communities.is_empty() {
@@ -149,8 +154,16 @@ fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
             IpAddr::V6(_) => IpAddr::V6(config.local_v6),
         };
         let _ = writeln!(conf, "neighbor {} {{", n.address);
-        let _ = writeln!(conf, "  router-id {};\n  local-address {local};", config.router_id);
-        let _ = writeln!(conf, "  local-as {};\n  peer-as {};", config.local_as, n.remote_as);
+        let _ = writeln!(
+            conf,
+            "  router-id {};\n  local-address {local};",
+            config.router_id
+        );
+        let _ = writeln!(
+            conf,
+            "  local-as {};\n  peer-as {};",
+            config.local_as, n.remote_as
+        );
         let _ = writeln!(conf, "  hold-time {};", config.hold_time);
         if let Some(key) = &n.password {
             let _ = writeln!(conf, "  md5-password \"{key}\";");
@@ -180,7 +193,10 @@ fn spawn(ns: &Netns, dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> Re
     // foreground (we hold its pid), log to a file, listen on our address so peers can connect.
     cmd.arg("exabgp.daemon.user=root")
         .arg("exabgp.daemon.daemonize=false")
-        .arg(format!("exabgp.log.destination={}", dir.join("exabgp.log").display()))
+        .arg(format!(
+            "exabgp.log.destination={}",
+            dir.join("exabgp.log").display()
+        ))
         .arg(format!("exabgp.tcp.bind={}", config.local_v4))
         .arg("exabgp.tcp.port=179")
         .arg("exabgp.api.ack=false")
@@ -188,13 +204,21 @@ fn spawn(ns: &Netns, dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> Re
         .arg("exabgp")
         .arg(&conf);
     let mut process = Process::spawn("exabgp", cmd, &dir.join("exabgp.out"))?;
-    let up = wait_for("exabgp's API helper", START_TIMEOUT, Duration::from_millis(100), || {
-        if !process.is_running() {
-            return Some(false);
-        }
-        let helpers = run_ok(std::process::Command::new("pgrep").args(["-P", &process.pid().to_string()])).ok()?;
-        (!helpers.trim().is_empty()).then_some(true)
-    })?;
+    let up = wait_for(
+        "exabgp's API helper",
+        START_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            if !process.is_running() {
+                return Some(false);
+            }
+            let helpers = run_ok(
+                std::process::Command::new("pgrep").args(["-P", &process.pid().to_string()]),
+            )
+            .ok()?;
+            (!helpers.trim().is_empty()).then_some(true)
+        },
+    )?;
     if !up {
         let log = std::fs::read_to_string(dir.join("exabgp.out")).unwrap_or_default();
         return Err(LabError::Daemon(format!("exabgp exited at start: {log}")));
@@ -231,7 +255,11 @@ fn replay(events: &[Value]) -> Result<BTreeSet<IpNet>> {
     let mut rib = BTreeSet::new();
     for event in events {
         match event.get("type").and_then(Value::as_str) {
-            Some("state") if event.pointer("/neighbor/state").and_then(Value::as_str) != Some("up") => rib.clear(),
+            Some("state")
+                if event.pointer("/neighbor/state").and_then(Value::as_str) != Some("up") =>
+            {
+                rib.clear()
+            }
             Some("update") => {
                 let update = event.pointer("/neighbor/message/update");
                 for prefix in nlri_of(update.and_then(|u| u.get("withdraw")))? {
@@ -280,10 +308,12 @@ impl BgpDaemon for ExaBgp {
         let last_state = self
             .events_from(peer)?
             .into_iter()
-            .filter(|e| e.get("type").and_then(Value::as_str) == Some("state"))
-            .next_back();
-        Ok(last_state.and_then(|e| e.pointer("/neighbor/state").and_then(Value::as_str).map(str::to_string))
-            == Some("up".to_string()))
+            .rfind(|e| e.get("type").and_then(Value::as_str) == Some("state"));
+        Ok(last_state.and_then(|e| {
+            e.pointer("/neighbor/state")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }) == Some("up".to_string()))
     }
 
     fn routes_from(&self, peer: IpAddr) -> Result<BTreeSet<IpNet>> {
@@ -346,10 +376,15 @@ mod tests {
         .iter()
         .map(|t| serde_json::from_str(t).unwrap())
         .collect();
-        let rib: Vec<String> = replay(&events).unwrap().iter().map(|p| p.to_string()).collect();
+        let rib: Vec<String> = replay(&events)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         assert_eq!(rib, ["10.2.0.0/24", "2001:db8:200::/48"]);
         let mut dropped = events.clone();
-        dropped.push(serde_json::from_str(r#"{"type":"state","neighbor":{"state":"down"}}"#).unwrap());
+        dropped
+            .push(serde_json::from_str(r#"{"type":"state","neighbor":{"state":"down"}}"#).unwrap());
         assert!(replay(&dropped).unwrap().is_empty());
     }
 }

@@ -42,7 +42,10 @@ impl Frr {
         std::fs::create_dir_all(&conf_dir).map_err(|e| LabError::file(&conf_dir, e))?;
         let originated = config.originate.clone();
         write_file(&conf_dir.join("vtysh.conf"), "")?;
-        write_file(&conf_dir.join("frr.conf"), &render(dir.path(), &config, &originated))?;
+        write_file(
+            &conf_dir.join("frr.conf"),
+            &render(dir.path(), &config, &originated),
+        )?;
         chown_frr(&conf_dir)?;
         let (zebra, bgpd) = spawn(&ns, &pathspace.0, dir.path())?;
         Ok(Frr {
@@ -64,7 +67,8 @@ impl Frr {
     /// `show bgp neighbors PEER json` of the session with `peer`.
     pub fn neighbor_json(&self, peer: IpAddr) -> Result<Value> {
         let text = self.vtysh(&[&format!("show bgp neighbors {peer} json")])?;
-        let all: Value = serde_json::from_str(&text).map_err(|e| LabError::parse("vtysh json", e))?;
+        let all: Value =
+            serde_json::from_str(&text).map_err(|e| LabError::parse("vtysh json", e))?;
         all.get(peer.to_string())
             .cloned()
             .ok_or_else(|| LabError::Daemon(format!("frr has no neighbor {peer}: {text}")))
@@ -97,7 +101,12 @@ fn conf_dir(pathspace: &str) -> PathBuf {
 }
 
 fn chown_frr(path: &Path) -> Result<()> {
-    run_ok(std::process::Command::new("chown").args(["-R", "frr:frr"]).arg(path)).map(|_| ())
+    run_ok(
+        std::process::Command::new("chown")
+            .args(["-R", "frr:frr"])
+            .arg(path),
+    )
+    .map(|_| ())
 }
 
 fn vtysh(ns: &Netns, pathspace: &str, commands: &[&str]) -> Result<String> {
@@ -122,9 +131,12 @@ fn spawn(ns: &Netns, pathspace: &str, dir: &Path) -> Result<(Process, Process)> 
         &["-N", pathspace, "-f", &conf],
         &dir.join("zebra.out"),
     )?;
-    wait_for("zebra's zserv socket", START_TIMEOUT, Duration::from_millis(50), || {
-        (!zebra.is_running() || run_dir.join("zserv.api").exists()).then_some(())
-    })?;
+    wait_for(
+        "zebra's zserv socket",
+        START_TIMEOUT,
+        Duration::from_millis(50),
+        || (!zebra.is_running() || run_dir.join("zserv.api").exists()).then_some(()),
+    )?;
     if !zebra.is_running() {
         let log = std::fs::read_to_string(dir.join("zebra.out")).unwrap_or_default();
         return Err(LabError::Daemon(format!("zebra exited at start: {log}")));
@@ -135,15 +147,20 @@ fn spawn(ns: &Netns, pathspace: &str, dir: &Path) -> Result<(Process, Process)> 
         &["-N", pathspace, "-f", &conf],
         &dir.join("bgpd.out"),
     )?;
-    let up = wait_for("vtysh to reach bgpd", START_TIMEOUT, Duration::from_millis(100), || {
-        if !bgpd.is_running() {
-            return Some(false);
-        }
-        vtysh(ns, pathspace, &["show bgp summary json"])
-            .ok()
-            .filter(|out| out.contains("ipv4Unicast") || out.contains("{}"))
-            .map(|_| true)
-    })?;
+    let up = wait_for(
+        "vtysh to reach bgpd",
+        START_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            if !bgpd.is_running() {
+                return Some(false);
+            }
+            vtysh(ns, pathspace, &["show bgp summary json"])
+                .ok()
+                .filter(|out| out.contains("ipv4Unicast") || out.contains("{}"))
+                .map(|_| true)
+        },
+    )?;
     if !up {
         let log = std::fs::read_to_string(dir.join("bgpd.out")).unwrap_or_default();
         return Err(LabError::Daemon(format!("bgpd exited at start: {log}")));
@@ -172,7 +189,11 @@ fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
             let _ = writeln!(conf, " set metric {med}");
         }
         if !attrs.communities.is_empty() {
-            let list: Vec<String> = attrs.communities.iter().map(|(a, b)| format!("{a}:{b}")).collect();
+            let list: Vec<String> = attrs
+                .communities
+                .iter()
+                .map(|(a, b)| format!("{a}:{b}"))
+                .collect();
             let _ = writeln!(conf, " set community {}", list.join(" "));
         }
         if !attrs.large_communities.is_empty() {
@@ -188,10 +209,18 @@ fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
     let _ = writeln!(conf, "router bgp {}", config.local_as);
     let _ = writeln!(conf, " bgp router-id {}", config.router_id);
     conf.push_str(" no bgp ebgp-requires-policy\n no bgp network import-check\n no bgp default ipv4-unicast\n");
-    let _ = writeln!(conf, " timers bgp {} {}", config.keepalive, config.hold_time);
+    let _ = writeln!(
+        conf,
+        " timers bgp {} {}",
+        config.keepalive, config.hold_time
+    );
     for n in &config.neighbors {
         let _ = writeln!(conf, " neighbor {} remote-as {}", n.address, n.remote_as);
-        let _ = writeln!(conf, " neighbor {} timers connect {}", n.address, config.connect_retry);
+        let _ = writeln!(
+            conf,
+            " neighbor {} timers connect {}",
+            n.address, config.connect_retry
+        );
         if let Some(key) = &n.password {
             let _ = writeln!(conf, " neighbor {} password {key}", n.address);
         }
@@ -201,7 +230,10 @@ fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
     }
     for (family, v4) in [("ipv4", true), ("ipv6", false)] {
         let _ = writeln!(conf, " address-family {family} unicast");
-        for prefix in originated.iter().filter(|p| matches!(p, IpNet::V4(_)) == v4) {
+        for prefix in originated
+            .iter()
+            .filter(|p| matches!(p, IpNet::V4(_)) == v4)
+        {
             let _ = writeln!(conf, "  network {prefix}{}", route_map_suffix(config));
         }
         for n in &config.neighbors {
@@ -214,7 +246,8 @@ fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
 }
 
 fn routes_of(json: &str) -> Result<BTreeSet<IpNet>> {
-    let value: Value = serde_json::from_str(json).map_err(|e| LabError::parse("vtysh routes json", e))?;
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| LabError::parse("vtysh routes json", e))?;
     let mut prefixes = BTreeSet::new();
     if let Some(routes) = value.get("routes").and_then(Value::as_object) {
         for prefix in routes.keys() {
@@ -253,13 +286,19 @@ impl BgpDaemon for Frr {
     }
 
     fn is_established(&self, peer: IpAddr) -> Result<bool> {
-        Ok(self.neighbor_json(peer)?.get("bgpState").and_then(Value::as_str) == Some("Established"))
+        Ok(self
+            .neighbor_json(peer)?
+            .get("bgpState")
+            .and_then(Value::as_str)
+            == Some("Established"))
     }
 
     fn routes_from(&self, peer: IpAddr) -> Result<BTreeSet<IpNet>> {
         let mut all = BTreeSet::new();
         for family in ["ipv4", "ipv6"] {
-            let json = self.vtysh(&[&format!("show bgp {family} unicast neighbors {peer} routes json")])?;
+            let json = self.vtysh(&[&format!(
+                "show bgp {family} unicast neighbors {peer} routes json"
+            )])?;
             all.extend(routes_of(&json)?);
         }
         Ok(all)
@@ -281,7 +320,8 @@ impl BgpDaemon for Frr {
 
     fn refresh_in(&self, peer: IpAddr) -> Result<()> {
         // Without soft-reconfiguration inbound FRR asks the peer with a ROUTE-REFRESH.
-        self.vtysh(&[&format!("clear bgp {peer} soft in")]).map(|_| ())
+        self.vtysh(&[&format!("clear bgp {peer} soft in")])
+            .map(|_| ())
     }
 
     fn updates_received(&self, peer: IpAddr) -> Result<u64> {

@@ -56,7 +56,8 @@ impl GoBgp {
     /// `gobgp neighbor PEER -j`.
     pub fn neighbor_json(&self, peer: IpAddr) -> Result<Value> {
         let text = self.gobgp(&["neighbor", &peer.to_string(), "-j"])?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| LabError::parse("gobgp neighbor json", e))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| LabError::parse("gobgp neighbor json", e))?;
         // One neighbor: an object; some versions wrap it in a list.
         Ok(match value {
             Value::Array(mut list) if !list.is_empty() => list.swap_remove(0),
@@ -83,7 +84,11 @@ impl GoBgp {
                 args.extend(["med".to_string(), med.to_string()]);
             }
             if !attrs.communities.is_empty() {
-                let list: Vec<String> = attrs.communities.iter().map(|(a, b)| format!("{a}:{b}")).collect();
+                let list: Vec<String> = attrs
+                    .communities
+                    .iter()
+                    .map(|(a, b)| format!("{a}:{b}"))
+                    .collect();
                 args.extend(["community".to_string(), list.join(",")]);
             }
             if !attrs.large_communities.is_empty() {
@@ -124,12 +129,17 @@ fn spawn(ns: &Netns, dir: &Path, config: &BgpConfig) -> Result<Process> {
         &["-f", &conf, "--api-hosts", &api, "--log-level", "info"],
         &dir.join("gobgpd.out"),
     )?;
-    let up = wait_for("gobgpd's API", START_TIMEOUT, Duration::from_millis(100), || {
-        if !process.is_running() {
-            return Some(false);
-        }
-        gobgp(ns, &["global", "-j"]).ok().map(|_| true)
-    })?;
+    let up = wait_for(
+        "gobgpd's API",
+        START_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            if !process.is_running() {
+                return Some(false);
+            }
+            gobgp(ns, &["global", "-j"]).ok().map(|_| true)
+        },
+    )?;
     if !up {
         let log = std::fs::read_to_string(dir.join("gobgpd.out")).unwrap_or_default();
         return Err(LabError::Daemon(format!("gobgpd exited at start: {log}")));
@@ -180,14 +190,17 @@ fn render(config: &BgpConfig) -> String {
 
 /// Prefixes in a `gobgp global rib -j` answer whose path came from `peer`.
 fn routes_of(json: &str, peer: IpAddr) -> Result<BTreeSet<IpNet>> {
-    let value: Value = serde_json::from_str(json).map_err(|e| LabError::parse("gobgp rib json", e))?;
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| LabError::parse("gobgp rib json", e))?;
     let peer = peer.to_string();
     let mut prefixes = BTreeSet::new();
     if let Some(table) = value.as_object() {
         for (prefix, paths) in table {
-            let from_peer = paths
-                .as_array()
-                .is_some_and(|paths| paths.iter().any(|p| p.get("neighbor-ip").and_then(Value::as_str) == Some(&peer)));
+            let from_peer = paths.as_array().is_some_and(|paths| {
+                paths
+                    .iter()
+                    .any(|p| p.get("neighbor-ip").and_then(Value::as_str) == Some(&peer))
+            });
             if from_peer {
                 prefixes.insert(parse_prefix(prefix)?);
             }
@@ -215,15 +228,23 @@ impl BgpDaemon for GoBgp {
 
     fn is_established(&self, peer: IpAddr) -> Result<bool> {
         // session_state 6 = ESTABLISHED (gobgp API enum).
-        let state = self.neighbor_json(peer)?.pointer("/state/session_state").cloned();
-        Ok(matches!(&state, Some(Value::Number(n)) if n.as_u64() == Some(6))
-            || state.as_ref().and_then(Value::as_str) == Some("ESTABLISHED"))
+        let state = self
+            .neighbor_json(peer)?
+            .pointer("/state/session_state")
+            .cloned();
+        Ok(
+            matches!(&state, Some(Value::Number(n)) if n.as_u64() == Some(6))
+                || state.as_ref().and_then(Value::as_str) == Some("ESTABLISHED"),
+        )
     }
 
     fn routes_from(&self, peer: IpAddr) -> Result<BTreeSet<IpNet>> {
         let mut all = BTreeSet::new();
         for family in ["ipv4", "ipv6"] {
-            all.extend(routes_of(&self.gobgp(&["global", "rib", "-a", family, "-j"])?, peer)?);
+            all.extend(routes_of(
+                &self.gobgp(&["global", "rib", "-a", family, "-j"])?,
+                peer,
+            )?);
         }
         Ok(all)
     }
@@ -246,7 +267,8 @@ impl BgpDaemon for GoBgp {
         // GoBGP keeps every Adj-RIB-In: `gobgp neighbor X softresetin` re-runs the import policy
         // locally and sends no ROUTE-REFRESH (checked against FRR, which never saw one).
         Err(LabError::Daemon(
-            "gobgp cannot send a ROUTE-REFRESH (softresetin works on its own Adj-RIB-In)".to_string(),
+            "gobgp cannot send a ROUTE-REFRESH (softresetin works on its own Adj-RIB-In)"
+                .to_string(),
         ))
     }
 
@@ -259,7 +281,8 @@ impl BgpDaemon for GoBgp {
     }
 
     fn shutdown_peer(&mut self, peer: IpAddr) -> Result<()> {
-        self.gobgp(&["neighbor", &peer.to_string(), "disable"]).map(|_| ())
+        self.gobgp(&["neighbor", &peer.to_string(), "disable"])
+            .map(|_| ())
     }
 
     fn restart(&mut self) -> Result<()> {

@@ -63,7 +63,13 @@ impl Netns {
     }
 
     /// Starts a long-running process inside the namespace, output appended to `log`.
-    pub fn spawn(&self, name: &str, program: impl AsRef<OsStr>, args: &[&str], log: &Path) -> Result<Process> {
+    pub fn spawn(
+        &self,
+        name: &str,
+        program: impl AsRef<OsStr>,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<Process> {
         let mut cmd = self.command(program);
         cmd.args(args);
         Process::spawn(name, cmd, log)
@@ -72,7 +78,11 @@ impl Netns {
     /// The pids of all processes inside the namespace.
     pub fn pids(&self) -> Vec<libc::pid_t> {
         run_ok(Command::new("ip").args(["netns", "pids", &self.name]))
-            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|out| {
+                out.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -152,7 +162,16 @@ pub fn veth(a: &Netns, b: &Netns) -> Result<Link> {
         },
     };
     a.ip(&[
-        "link", "add", &link.a.ifname, "type", "veth", "peer", "name", &link.b.ifname, "netns", b.name(),
+        "link",
+        "add",
+        &link.a.ifname,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &link.b.ifname,
+        "netns",
+        b.name(),
     ])?;
     for (ns, end) in [(a, &link.a), (b, &link.b)] {
         let v4 = format!("{}/{}", end.v4, Link::V4_PREFIX_LEN);

@@ -199,4 +199,3 @@ pub fn read_pid_file(path: &Path, timeout: Duration) -> Result<libc::pid_t> {
         },
     )
 }
-

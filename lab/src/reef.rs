@@ -59,7 +59,8 @@ impl Reefd {
     /// `reefctl bgp status -o json`: every peer (fields in agent/README.md).
     pub fn peers(&self) -> Result<Vec<Value>> {
         let text = self.reefctl(&["status", "-o", "json"])?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| LabError::parse("reefctl status json", e))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| LabError::parse("reefctl status json", e))?;
         match value {
             Value::Array(list) => Ok(list),
             Value::Object(mut map) => match map.remove("peers") {
@@ -82,7 +83,8 @@ impl Reefd {
     /// `reefctl bgp routes --peer PEER -o json`: Reef's Adj-RIB-In from `peer`.
     pub fn routes_json(&self, peer: IpAddr) -> Result<Vec<Value>> {
         let text = self.reefctl(&["routes", "--peer", &peer.to_string(), "-o", "json"])?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| LabError::parse("reefctl routes json", e))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| LabError::parse("reefctl routes json", e))?;
         match value {
             Value::Array(list) => Ok(list),
             Value::Object(mut map) => match map.remove("routes") {
@@ -95,7 +97,13 @@ impl Reefd {
 }
 
 fn reefctl(program: &Path, socket: &Path, args: &[&str]) -> Result<String> {
-    run_ok(Command::new(program).arg("bgp").args(args).arg("--socket").arg(socket))
+    run_ok(
+        Command::new(program)
+            .arg("bgp")
+            .args(args)
+            .arg("--socket")
+            .arg(socket),
+    )
 }
 
 fn render(dir: &Path, config: &BgpConfig) -> String {
@@ -103,12 +111,24 @@ fn render(dir: &Path, config: &BgpConfig) -> String {
     let _ = writeln!(yaml, "routerId: {}", config.router_id);
     let _ = writeln!(yaml, "asNumber: {}", config.local_as);
     yaml.push_str("listen: { address: \"0.0.0.0\", port: 179 }\n");
-    let _ = writeln!(yaml, "admin: {{ socket: \"{}\" }}", dir.join("reefd.sock").display());
-    let prefixes: Vec<String> = config.originate.iter().map(|p| format!("\"{p}\"")).collect();
+    let _ = writeln!(
+        yaml,
+        "admin: {{ socket: \"{}\" }}",
+        dir.join("reefd.sock").display()
+    );
+    let prefixes: Vec<String> = config
+        .originate
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect();
     let _ = writeln!(yaml, "prefixes: [{}]", prefixes.join(", "));
     yaml.push_str("peers:\n");
     for n in &config.neighbors {
-        let _ = writeln!(yaml, "  - address: \"{}\"\n    asNumber: {}", n.address, n.remote_as);
+        let _ = writeln!(
+            yaml,
+            "  - address: \"{}\"\n    asNumber: {}",
+            n.address, n.remote_as
+        );
         let _ = writeln!(
             yaml,
             "    holdTime: {}\n    keepaliveTime: {}\n    connectRetryTime: {}",
@@ -125,20 +145,35 @@ fn render(dir: &Path, config: &BgpConfig) -> String {
     yaml
 }
 
-fn spawn(ns: &Netns, dir: &Path, reefd: &Path, reefctl_bin: &Path, config: &BgpConfig) -> Result<Process> {
+fn spawn(
+    ns: &Netns,
+    dir: &Path,
+    reefd: &Path,
+    reefctl_bin: &Path,
+    config: &BgpConfig,
+) -> Result<Process> {
     let conf = dir.join("reefd.yaml");
     write_file(&conf, &render(dir, config))?;
     let socket = dir.join("reefd.sock");
     let _ = std::fs::remove_file(&socket);
     let mut cmd = ns.command(reefd);
-    cmd.arg("--config").arg(&conf).env("RUST_LOG", "info,reef_bgp=debug");
+    cmd.arg("--config")
+        .arg(&conf)
+        .env("RUST_LOG", "info,reef_bgp=debug");
     let mut process = Process::spawn("reefd", cmd, &dir.join("reefd.log"))?;
-    let up = wait_for("reefd's admin socket", START_TIMEOUT, Duration::from_millis(50), || {
-        if !process.is_running() {
-            return Some(false);
-        }
-        reefctl(reefctl_bin, &socket, &["status", "-o", "json"]).ok().map(|_| true)
-    })?;
+    let up = wait_for(
+        "reefd's admin socket",
+        START_TIMEOUT,
+        Duration::from_millis(50),
+        || {
+            if !process.is_running() {
+                return Some(false);
+            }
+            reefctl(reefctl_bin, &socket, &["status", "-o", "json"])
+                .ok()
+                .map(|_| true)
+        },
+    )?;
     if !up {
         let log = std::fs::read_to_string(dir.join("reefd.log")).unwrap_or_default();
         return Err(LabError::Daemon(format!("reefd exited at start: {log}")));
@@ -167,13 +202,20 @@ impl BgpDaemon for Reefd {
         Ok(self.peer(peer)?.get("state").and_then(Value::as_str) == Some("Established"))
     }
 
+    /// The routes from `peer` Reef can use: its Adj-RIB-In without paths that carry Reef's own AS
+    /// (RFC 4271 §9.1.2 excludes AS-path loops from the decision process; FRR sends our own
+    /// prefixes back over eBGP, and reefd lists them in its Adj-RIB-In).
     fn routes_from(&self, peer: IpAddr) -> Result<BTreeSet<IpNet>> {
+        let local_as = self.config.local_as.to_string();
         self.routes_json(peer)?
             .iter()
-            .map(|r| {
-                let prefix = r.get("prefix").and_then(Value::as_str).unwrap_or_default();
-                parse_prefix(prefix)
+            .filter(|r| {
+                let path = r.get("asPath").and_then(Value::as_str).unwrap_or_default();
+                !path
+                    .split(|c: char| c.is_whitespace() || c == '{' || c == '}')
+                    .any(|asn| asn == local_as)
             })
+            .map(|r| parse_prefix(r.get("prefix").and_then(Value::as_str).unwrap_or_default()))
             .collect()
     }
 
@@ -196,16 +238,26 @@ impl BgpDaemon for Reefd {
     }
 
     fn updates_received(&self, _peer: IpAddr) -> Result<u64> {
-        Err(LabError::Daemon("reefd does not expose UPDATE counters".to_string()))
+        Err(LabError::Daemon(
+            "reefd does not expose UPDATE counters".to_string(),
+        ))
     }
 
     fn shutdown_peer(&mut self, _peer: IpAddr) -> Result<()> {
-        Err(LabError::Daemon("reefd has no per-peer shutdown command".to_string()))
+        Err(LabError::Daemon(
+            "reefd has no per-peer shutdown command".to_string(),
+        ))
     }
 
     fn restart(&mut self) -> Result<()> {
         self.process.stop();
-        self.process = spawn(&self.ns, self.dir.path(), &self.reefd, &self.reefctl, &self.config)?;
+        self.process = spawn(
+            &self.ns,
+            self.dir.path(),
+            &self.reefd,
+            &self.reefctl,
+            &self.config,
+        )?;
         Ok(())
     }
 }

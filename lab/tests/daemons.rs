@@ -21,7 +21,11 @@ fn peer_pair(a_kind: DaemonKind, b_kind: DaemonKind, ibgp: bool) {
     let a_ns = Netns::new(a_kind.name()).unwrap();
     let b_ns = Netns::new(b_kind.name()).unwrap();
     let link = veth(&a_ns, &b_ns).unwrap();
-    let (a_as, b_as) = if ibgp { (65001, 65001) } else { (65001, 4_200_000_002) };
+    let (a_as, b_as) = if ibgp {
+        (65001, 65001)
+    } else {
+        (65001, 4_200_000_002)
+    };
     let a_config = BgpConfig::new(a_as, &link.a)
         .neighbor(Neighbor::new(link.b.v4.into(), b_as))
         .originate("10.1.0.0/24".parse().unwrap())
@@ -36,12 +40,29 @@ fn peer_pair(a_kind: DaemonKind, b_kind: DaemonKind, ibgp: bool) {
 
     check(a.wait_established(b_addr, UP), &[&*a, &*b]);
     check(b.wait_established(a_addr, UP), &[&*a, &*b]);
-    check(a.wait_routes_from(b_addr, &prefixes(&["10.2.0.0/24", "2001:db8:200::/48"]), ROUTES), &[&*a, &*b]);
-    check(b.wait_routes_from(a_addr, &prefixes(&["10.1.0.0/24", "2001:db8:100::/48"]), ROUTES), &[&*a, &*b]);
+    check(
+        a.wait_routes_from(
+            b_addr,
+            &prefixes(&["10.2.0.0/24", "2001:db8:200::/48"]),
+            ROUTES,
+        ),
+        &[&*a, &*b],
+    );
+    check(
+        b.wait_routes_from(
+            a_addr,
+            &prefixes(&["10.1.0.0/24", "2001:db8:100::/48"]),
+            ROUTES,
+        ),
+        &[&*a, &*b],
+    );
 
     a.advertise("10.1.1.0/24".parse().unwrap()).unwrap();
     a.withdraw("2001:db8:100::/48".parse().unwrap()).unwrap();
-    check(b.wait_routes_from(a_addr, &prefixes(&["10.1.0.0/24", "10.1.1.0/24"]), ROUTES), &[&*a, &*b]);
+    check(
+        b.wait_routes_from(a_addr, &prefixes(&["10.1.0.0/24", "10.1.1.0/24"]), ROUTES),
+        &[&*a, &*b],
+    );
 
     if a_kind == DaemonKind::GoBgp {
         return; // GoBGP sends no ROUTE-REFRESH (see GoBgp::refresh_in).

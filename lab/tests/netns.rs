@@ -16,16 +16,28 @@ fn veth_link_carries_ipv4_and_ipv6_and_everything_goes_on_drop() {
     let b = Netns::new("lab-b").unwrap();
     let link = veth(&a, &b).unwrap();
     assert!(link.a.ifname.len() <= 15);
-    a.exec(&["ping", "-c", "1", "-W", "2", &link.b.v4.to_string()]).unwrap();
-    a.exec(&["ping", "-6", "-c", "1", "-W", "2", &link.b.v6.to_string()]).unwrap();
+    a.exec(&["ping", "-c", "1", "-W", "2", &link.b.v4.to_string()])
+        .unwrap();
+    a.exec(&["ping", "-6", "-c", "1", "-W", "2", &link.b.v6.to_string()])
+        .unwrap();
     // The link is not in the root namespace.
-    let root_links = reef_lab::run_ok(std::process::Command::new("ip").args(["-o", "link"])).unwrap();
+    let root_links =
+        reef_lab::run_ok(std::process::Command::new("ip").args(["-o", "link"])).unwrap();
     assert!(!root_links.contains(&link.a.ifname), "{root_links}");
 
-    let sleeper = a.spawn("sleep", "sleep", &["600"], &std::env::temp_dir().join("lab-sleep.log")).unwrap();
+    let sleeper = a
+        .spawn(
+            "sleep",
+            "sleep",
+            &["600"],
+            &std::env::temp_dir().join("lab-sleep.log"),
+        )
+        .unwrap();
     let pid = sleeper.pid();
     // `ip netns exec` enters the namespace just before it execs the program: wait for it.
-    let inside = wait_until(Duration::from_secs(5), Duration::from_millis(10), || (a.pids() == vec![pid]).then_some(()));
+    let inside = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+        (a.pids() == vec![pid]).then_some(())
+    });
     assert!(inside.is_some(), "{:?} != [{pid}]", a.pids());
     let names = (a.name().to_string(), b.name().to_string());
     std::mem::forget(sleeper); // the namespace guard must kill it
@@ -67,5 +79,8 @@ fn wait_until_is_bounded() {
     });
     assert!(got.is_none());
     assert!((2..=10).contains(&calls), "{calls}");
-    assert_eq!(wait_until(Duration::from_secs(1), Duration::from_millis(1), || Some(7)), Some(7));
+    assert_eq!(
+        wait_until(Duration::from_secs(1), Duration::from_millis(1), || Some(7)),
+        Some(7)
+    );
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use reef_lab::bgp::check;
-use reef_lab::{BgpConfig, BgpDaemon, DaemonKind, Neighbor, Netns, Reefd, require_root, veth, wait_until};
+use reef_lab::{
+    BgpConfig, BgpDaemon, DaemonKind, Neighbor, Netns, Reefd, require_root, veth, wait_until,
+};
 use serde_json::Value;
 
 pub const REEF_AS: u32 = 64512;
@@ -110,7 +112,11 @@ impl Pair {
 
     /// Panics with `message` and both sides' logs.
     pub fn fail(&self, message: &str) -> ! {
-        panic!("{message}\n{}\n{}", self.peer.diagnostics(), self.reef.diagnostics())
+        panic!(
+            "{message}\n{}\n{}",
+            self.peer.diagnostics(),
+            self.reef.diagnostics()
+        )
     }
 
     pub fn reef_advertise(&mut self, p: &str) {
@@ -139,11 +145,17 @@ impl Pair {
     }
 
     pub fn wait_reef_sees(&self, expected: &[&str]) {
-        self.check(self.reef.wait_routes_from(self.peer_addr, &prefixes(expected), WAIT));
+        self.check(
+            self.reef
+                .wait_routes_from(self.peer_addr, &prefixes(expected), WAIT),
+        );
     }
 
     pub fn wait_peer_sees(&self, expected: &[&str]) {
-        self.check(self.peer.wait_routes_from(self.reef_addr, &prefixes(expected), WAIT));
+        self.check(
+            self.peer
+                .wait_routes_from(self.reef_addr, &prefixes(expected), WAIT),
+        );
     }
 
     /// Reef's status of the session (`reefctl bgp status -o json`).
@@ -152,13 +164,20 @@ impl Pair {
     }
 
     /// Waits until Reef's session status satisfies `test`; returns that status.
-    pub fn wait_reef_status(&self, what: &str, timeout: Duration, test: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_reef_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        test: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut last = Value::Null;
         let found = wait_until(timeout, POLL, || {
             last = self.reef.peer(self.peer_addr).ok()?;
             test(&last).then(|| last.clone())
         });
-        found.unwrap_or_else(|| self.fail(&format!("Reef's status never showed {what}; last: {last}")))
+        found.unwrap_or_else(|| {
+            self.fail(&format!("Reef's status never showed {what}; last: {last}"))
+        })
     }
 }
 
@@ -180,11 +199,19 @@ pub fn routes(kind: DaemonKind, setup: Setup) {
         .iter()
         .find(|r| text(r, "prefix") == PEER_PREFIXES[0])
         .unwrap_or_else(|| pair.fail("no IPv4 route in Reef's Adj-RIB-In"));
-    let expected_path = if pair.setup.ibgp { String::new() } else { PEER_EBGP_AS.to_string() };
+    let expected_path = if pair.setup.ibgp {
+        String::new()
+    } else {
+        PEER_EBGP_AS.to_string()
+    };
     assert_eq!(text(v4, "asPath"), expected_path, "{v4}");
     assert_eq!(text(v4, "nextHop"), pair.peer_addr.to_string(), "{v4}");
     let status = pair.reef_status();
-    assert_eq!(text(&status, "type"), if pair.setup.ibgp { "ibgp" } else { "ebgp" }, "{status}");
+    assert_eq!(
+        text(&status, "type"),
+        if pair.setup.ibgp { "ibgp" } else { "ebgp" },
+        "{status}"
+    );
 
     // Reef announces and withdraws.
     pair.reef_advertise("10.65.1.0/26");
@@ -246,7 +273,10 @@ pub fn md5_wrong_key(kind: DaemonKind) {
         kind.name()
     );
     if explained.is_null() {
-        pair.fail(&format!("Reef's status never named the MD5 key as the likely cause: {}", pair.reef_status()));
+        pair.fail(&format!(
+            "Reef's status never named the MD5 key as the likely cause: {}",
+            pair.reef_status()
+        ));
     }
 }
 
@@ -263,10 +293,15 @@ pub fn frozen_peer(kind: DaemonKind) {
     pair.wait_reef_sees(&PEER_PREFIXES);
     pair.check(pair.peer.bgp_process().freeze());
     // Bounded generously (hold 3 s); the assertion is on what happens, not on how fast.
-    let status = pair.wait_reef_status("the session down after the hold time", Duration::from_secs(15), |s| {
-        text(s, "state") != "Established"
-    });
-    pair.check(pair.reef.wait_routes_from(pair.peer_addr, &BTreeSet::new(), WAIT));
+    let status = pair.wait_reef_status(
+        "the session down after the hold time",
+        Duration::from_secs(15),
+        |s| text(s, "state") != "Established",
+    );
+    pair.check(
+        pair.reef
+            .wait_routes_from(pair.peer_addr, &BTreeSet::new(), WAIT),
+    );
     let why = pair.wait_reef_status("a hold timer error", Duration::from_secs(5), |s| {
         text(s, "lastError").to_lowercase().contains("hold")
     });
@@ -318,7 +353,10 @@ pub fn refresh_from_peer(kind: DaemonKind) {
         (pair.peer.updates_received(pair.reef_addr).ok()? > before).then_some(())
     });
     if resent.is_none() {
-        pair.fail(&format!("Reef sent no UPDATE after a ROUTE-REFRESH from {}", kind.name()));
+        pair.fail(&format!(
+            "Reef sent no UPDATE after a ROUTE-REFRESH from {}",
+            kind.name()
+        ));
     }
     pair.wait_peer_sees(&REEF_PREFIXES);
 }

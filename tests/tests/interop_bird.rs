@@ -3,13 +3,16 @@
 use reef_lab::DaemonKind;
 use reef_tests::interop::Setup;
 
-reef_tests::interop_tests!(DaemonKind::Bird, [
-    routes_ebgp(Setup::ebgp()),
-    routes_ibgp(Setup::ibgp()),
-    md5_right_key,
-    md5_wrong_key,
-    frozen_peer,
-    restarted_peer,
-    notification_from_peer,
-    refresh_from_peer,
-]);
+reef_tests::interop_tests!(
+    DaemonKind::Bird,
+    [
+        routes_ebgp(Setup::ebgp()),
+        routes_ibgp(Setup::ibgp()),
+        md5_right_key,
+        md5_wrong_key,
+        frozen_peer,
+        restarted_peer,
+        notification_from_peer,
+        refresh_from_peer,
+    ]
+);

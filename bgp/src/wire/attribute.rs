@@ -393,9 +393,6 @@ fn ignored(type_code: u8, ctx: &CodecContext, has_ipv4_nlri: bool) -> bool {
         // ORIGINATOR_ID and CLUSTER_LIST. Not an error of the peer (RFC 4271 §5.1.5 says to ignore it), so
         // it is not reported in `Update::errors`.
         ty::LOCAL_PREF | ty::ORIGINATOR_ID | ty::CLUSTER_LIST => !ctx.ibgp,
-        // RFC 6793 §4.1: "... a NEW BGP speaker MUST NOT send [AS4_PATH, AS4_AGGREGATOR] to a NEW BGP
-        // speaker ... [and] MUST discard [them] if received from a NEW BGP speaker" (we are NEW).
-        ty::AS4_PATH | ty::AS4_AGGREGATOR => ctx.four_octet_as,
         _ => false,
     }
 }
@@ -587,27 +584,50 @@ fn decode_one(
                 .map(ExtendedCommunity)
                 .collect();
         }
+        ty::AS4_PATH | ty::AS4_AGGREGATOR if ctx.four_octet_as => {
+            // RFC 6793 §6: "A NEW BGP speaker that receives the AS4_PATH attribute or the AS4_AGGREGATOR
+            // attribute in an UPDATE message from another NEW BGP speaker MUST discard the path attribute
+            // and continue processing the UPDATE message. This case SHOULD be logged locally for
+            // analysis." (reported in `Update::errors` for the log)
+            return Err(Fault::Discard(UpdateError::OptionalAttribute {
+                attribute: whole(),
+            }));
+        }
         ty::AS4_PATH => {
-            // RFC 7606 §7.12 (AS4_PATH, revising RFC 6793 §6): malformed is handled by "attribute
-            // discard". RFC 6793 §6: confederation segments in AS4_PATH are treated as malformed too.
-            let path = AsPath::decode(value, true)
-                .filter(|path| !path.segments.iter().any(|seg| seg.kind.is_confed()))
+            // RFC 6793 §6: "... the "attribute discard" approach is chosen to handle a malformed AS4_PATH
+            // attribute." ... "The AS4_PATH attribute in an UPDATE message SHALL be considered malformed
+            // under the following conditions: the attribute length is not a multiple of two or is too
+            // small (i.e., less than 6) for the attribute to carry at least one AS number, or the path
+            // segment length in the attribute is either zero or is inconsistent with the attribute
+            // length, or the path segment type in the attribute is not one of the types defined".
+            let mut path = AsPath::decode(value, true)
+                .filter(|_| value.len() >= 6)
                 .ok_or_else(|| {
                     Fault::Discard(UpdateError::OptionalAttribute { attribute: whole() })
                 })?;
+            // RFC 6793 §6: "A NEW BGP speaker that receives these path segment types [AS_CONFED_SEQUENCE
+            // and AS_CONFED_SET] in the AS4_PATH attribute of an UPDATE message from an OLD BGP speaker
+            // MUST discard these path segments, adjust the relevant attribute fields accordingly, and
+            // continue processing the UPDATE message."
+            path.segments.retain(|seg| !seg.kind.is_confed());
+            if path.segments.is_empty() {
+                // Nothing left to merge.
+                return Err(Fault::Ignore);
+            }
             attrs.as4_path = Some(path);
         }
         ty::AS4_AGGREGATOR => {
-            // RFC 6793 §6 / RFC 7606 §7.13: an AS4_AGGREGATOR whose length is not 8 is handled by
-            // "attribute discard".
+            // RFC 6793 §6: "... the "attribute discard" approach is chosen to handle a malformed
+            // AS4_AGGREGATOR attribute." Its length is 8 (4-octet AS, IPv4 address).
             let aggregator =
                 decode_aggregator(value, true).ok_or_else(|| Fault::Discard(length_error()))?;
             attrs.as4_aggregator = Some(aggregator);
         }
         ty::LARGE_COMMUNITY => {
-            // RFC 8092 §5: "The error handling of this attribute follows [RFC7606] ... A Large Communities
-            // attribute SHALL be considered malformed if the length of the value field is either zero or
-            // not a multiple of 12" ... handled as "treat-as-withdraw".
+            // RFC 8092 §6: "A Large Communities attribute SHALL be considered malformed if the length of
+            // the value field is either zero or is not a non-zero multiple of 12." ... "A BGP UPDATE
+            // message with a malformed Large Communities attribute SHALL be handled using the approach of
+            // "treat-as-withdraw" as described in Section 2 of [RFC7606]."
             if value.is_empty() || !value.len().is_multiple_of(12) {
                 return Err(Fault::Withdraw(length_error()));
             }
@@ -874,12 +894,13 @@ impl PathAttributes {
             // RFC 6793 §4.2.2: "... if the NEW BGP speaker has to send any AS numbers that cannot be
             // represented in 2 octets, it MUST send the AS4_PATH attribute" (without confederation
             // segments), and the same for AS4_AGGREGATOR.
-            let as4_path = self.as4_path.clone().or_else(|| {
-                self.as_path
-                    .as_ref()
-                    .filter(|p| p.has_four_octet_asn())
-                    .map(AsPath::without_confed)
-            });
+            let as4_path = self
+                .as4_path
+                .as_ref()
+                .or(self.as_path.as_ref().filter(|p| p.has_four_octet_asn()))
+                .map(AsPath::without_confed)
+                // The receiver discards an AS4_PATH without AS numbers (RFC 6793 §6).
+                .filter(|p| !p.segments.is_empty());
             if let Some(path) = as4_path {
                 put_header(
                     out,

@@ -5,13 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop, RouteNextHopFlags,
-    RouteProtocol, RouteScope, RouteType, RouteVia,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteNextHopFlags, RouteProtocol, RouteScope, RouteType, RouteVia,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -142,7 +142,9 @@ pub fn route_message(route: &Route) -> Result<RouteMessage, InvalidRoute> {
                 [hop] => {
                     check_hop(hop)?;
                     if let Some(gateway) = hop.gateway {
-                        message.attributes.push(gateway_attribute(&route.dst, gateway)?);
+                        message
+                            .attributes
+                            .push(gateway_attribute(&route.dst, gateway)?);
                     }
                     if let Some(ifindex) = hop.ifindex {
                         message.attributes.push(RouteAttribute::Oif(ifindex));
@@ -157,17 +159,22 @@ pub fn route_message(route: &Route) -> Result<RouteMessage, InvalidRoute> {
                         check_hop(hop)?;
                         let mut encoded = RouteNextHop::default();
                         // Checked above: 1..=256, so weight - 1 fits rtnh_hops.
-                        encoded.hops = u8::try_from(hop.weight - 1).map_err(|_| InvalidRoute::Weight(hop.weight))?;
+                        encoded.hops = u8::try_from(hop.weight - 1)
+                            .map_err(|_| InvalidRoute::Weight(hop.weight))?;
                         encoded.interface_index = hop.ifindex.unwrap_or(0);
                         if hop.onlink {
                             encoded.flags |= RouteNextHopFlags::Onlink;
                         }
                         if let Some(gateway) = hop.gateway {
-                            encoded.attributes.push(gateway_attribute(&route.dst, gateway)?);
+                            encoded
+                                .attributes
+                                .push(gateway_attribute(&route.dst, gateway)?);
                         }
                         multipath.push(encoded);
                     }
-                    message.attributes.push(RouteAttribute::MultiPath(multipath));
+                    message
+                        .attributes
+                        .push(RouteAttribute::MultiPath(multipath));
                 }
             }
         }
@@ -184,7 +191,12 @@ pub fn delete_message(dst: IpNet, table: u32) -> RouteMessage {
 }
 
 /// Appends one netlink message to `out` (4-byte aligned, as netlink requires).
-fn append(out: &mut Vec<u8>, flags: u16, sequence: u32, payload: NetlinkPayload<RouteNetlinkMessage>) {
+fn append(
+    out: &mut Vec<u8>,
+    flags: u16,
+    sequence: u32,
+    payload: NetlinkPayload<RouteNetlinkMessage>,
+) {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = sequence;
@@ -216,7 +228,9 @@ pub fn encode_op(op: &FibOp, sequence: u32, out: &mut Vec<u8>) -> Result<(), Inv
             out,
             0,
             sequence,
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(delete_message(key.dst, key.table))),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(delete_message(
+                key.dst, key.table,
+            ))),
         ),
     }
     Ok(())
@@ -250,7 +264,9 @@ pub fn encode_dump(family: AddressFamily, table: Option<u32>, sequence: u32, out
 /// Appends `RTM_GETLINK` for the interface called `name`.
 pub fn encode_get_link(name: &str, sequence: u32, out: &mut Vec<u8>) {
     let mut message = LinkMessage::default();
-    message.attributes.push(LinkAttribute::IfName(name.to_string()));
+    message
+        .attributes
+        .push(LinkAttribute::IfName(name.to_string()));
     append(
         out,
         NLM_F_ACK,
@@ -269,15 +285,20 @@ pub fn decode_replies(datagram: &[u8]) -> Result<Vec<Reply>, String> {
         // new_checked guarantees NLMSG_HEADER_LEN <= len <= rest.len().
         let (message, after) = rest.split_at(len);
         replies.push(decode_reply(message)?);
-        rest = after.get(len.next_multiple_of(4) - len..).unwrap_or_default();
+        rest = after
+            .get(len.next_multiple_of(4) - len..)
+            .unwrap_or_default();
     }
     Ok(replies)
 }
 
 fn decode_reply(message: &[u8]) -> Result<Reply, String> {
-    let flags = NetlinkBuffer::new_checked(message).map_err(|e| e.to_string())?.flags();
+    let flags = NetlinkBuffer::new_checked(message)
+        .map_err(|e| e.to_string())?
+        .flags();
     let interrupted = flags & NLM_F_DUMP_INTR != 0;
-    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(message).map_err(|e| e.to_string())?;
+    let parsed =
+        NetlinkMessage::<RouteNetlinkMessage>::deserialize(message).map_err(|e| e.to_string())?;
     let sequence = parsed.header.sequence_number;
     Ok(match parsed.payload {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(message)) => Reply::Route {
@@ -288,8 +309,13 @@ fn decode_reply(message: &[u8]) -> Result<Reply, String> {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Reply::Link {
             ifindex: link.header.index,
         },
-        NetlinkPayload::Done(_) => Reply::Done { sequence, interrupted },
-        NetlinkPayload::Error(error) => Reply::Ack(decode_ack(flags, error.raw_code(), &error.header)?),
+        NetlinkPayload::Done(_) => Reply::Done {
+            sequence,
+            interrupted,
+        },
+        NetlinkPayload::Error(error) => {
+            Reply::Ack(decode_ack(flags, error.raw_code(), &error.header)?)
+        }
         _ => Reply::Other,
     })
 }
@@ -300,7 +326,14 @@ fn decode_ack(flags: u16, code: i32, payload: &[u8]) -> Result<Ack, String> {
     let request = payload
         .get(..NLMSG_HEADER_LEN)
         .ok_or_else(|| format!("NLMSG_ERROR of {} bytes", payload.len()))?;
-    let field = |at: usize| u32::from_ne_bytes([request[at], request[at + 1], request[at + 2], request[at + 3]]);
+    let field = |at: usize| {
+        u32::from_ne_bytes([
+            request[at],
+            request[at + 1],
+            request[at + 2],
+            request[at + 3],
+        ])
+    };
     // `request` has NLMSG_HEADER_LEN bytes: length at 0..4, sequence number at 8..12.
     let (request_len, sequence) = (field(0) as usize, field(8));
     let attributes_at = if flags & NLM_F_CAPPED != 0 {
@@ -334,7 +367,8 @@ fn error_text(mut attributes: &[u8]) -> Option<String> {
 /// kinds Reef never installs.
 pub fn decode_route(message: &RouteMessage) -> Option<Route> {
     let header = &message.header;
-    if u8::from(header.protocol) != REEF_ROUTE_PROTOCOL || header.flags.contains(RouteFlags::Cloned) {
+    if u8::from(header.protocol) != REEF_ROUTE_PROTOCOL || header.flags.contains(RouteFlags::Cloned)
+    {
         return None;
     }
     let mut table = u32::from(header.table);
@@ -356,7 +390,8 @@ pub fn decode_route(message: &RouteMessage) -> Option<Route> {
     let dst_addr = match (header.address_family, dst_addr) {
         (AddressFamily::Inet, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         (AddressFamily::Inet6, None) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        (AddressFamily::Inet, Some(addr @ IpAddr::V4(_))) | (AddressFamily::Inet6, Some(addr @ IpAddr::V6(_))) => addr,
+        (AddressFamily::Inet, Some(addr @ IpAddr::V4(_)))
+        | (AddressFamily::Inet6, Some(addr @ IpAddr::V6(_))) => addr,
         _ => return None,
     };
     let dst = IpNet::new(dst_addr, header.destination_prefix_length).ok()?;
@@ -436,18 +471,32 @@ mod tests {
     #[test]
     fn routes_survive_encoding() {
         let routes = [
-            Route::unicast(net("10.1.0.0/24"), MAIN_TABLE, vec![NextHop::via(ip("198.18.0.2"))]),
+            Route::unicast(
+                net("10.1.0.0/24"),
+                MAIN_TABLE,
+                vec![NextHop::via(ip("198.18.0.2"))],
+            ),
             Route::unicast(
                 net("10.1.1.0/24"),
                 1000,
                 vec![
-                    NextHop::via(ip("198.18.0.2")).with_ifindex(2).with_weight(3),
+                    NextHop::via(ip("198.18.0.2"))
+                        .with_ifindex(2)
+                        .with_weight(3),
                     NextHop::via(ip("198.18.1.2")).with_ifindex(3).onlink(),
                 ],
             ),
             Route::unicast(net("10.1.2.7/32"), MAIN_TABLE, vec![NextHop::dev(9)]),
-            Route::unicast(net("10.1.3.0/24"), MAIN_TABLE, vec![NextHop::via(ip("fe80::1")).with_ifindex(2)]),
-            Route::unicast(net("2001:db8:5::/48"), 100, vec![NextHop::via(ip("2001:db8::2")).onlink()]),
+            Route::unicast(
+                net("10.1.3.0/24"),
+                MAIN_TABLE,
+                vec![NextHop::via(ip("fe80::1")).with_ifindex(2)],
+            ),
+            Route::unicast(
+                net("2001:db8:5::/48"),
+                100,
+                vec![NextHop::via(ip("2001:db8::2")).onlink()],
+            ),
             Route::blackhole(net("10.1.4.0/26"), MAIN_TABLE),
             Route::blackhole(net("2001:db8:6::/122"), MAIN_TABLE),
             Route::unicast(net("0.0.0.0/0"), 100, vec![NextHop::via(ip("198.18.0.1"))]),
@@ -468,19 +517,28 @@ mod tests {
         encode_barrier(4, &mut out);
         let noop_type = 1u16.to_ne_bytes();
         let flags = (NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes();
-        assert_eq!(out[routes_len + 4..routes_len + 8], [noop_type, flags].concat());
+        assert_eq!(
+            out[routes_len + 4..routes_len + 8],
+            [noop_type, flags].concat()
+        );
         out.truncate(routes_len);
         let mut at = 0;
         let mut seen = Vec::new();
         while at < out.len() {
             let buffer = NetlinkBuffer::new_checked(&out[at..]).unwrap();
             let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&out[at..]).unwrap();
-            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(body) | RouteNetlinkMessage::DelRoute(body)) =
-                message.payload
+            let NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewRoute(body) | RouteNetlinkMessage::DelRoute(body),
+            ) = message.payload
             else {
                 panic!("not a route message")
             };
-            seen.push((buffer.flags(), buffer.sequence_number(), body.header.table, body.header.scope));
+            seen.push((
+                buffer.flags(),
+                buffer.sequence_number(),
+                body.header.table,
+                body.header.scope,
+            ));
             at += (buffer.length() as usize).next_multiple_of(4);
         }
         let link = RouteScope::Link;
@@ -501,7 +559,10 @@ mod tests {
                 Route::unicast(net("10.1.0.1/24"), MAIN_TABLE, vec![NextHop::dev(1)]),
                 InvalidRoute::HostBits(net("10.1.0.1/24")),
             ),
-            (Route::unicast(net("10.1.0.0/24"), MAIN_TABLE, vec![]), InvalidRoute::NoNextHop),
+            (
+                Route::unicast(net("10.1.0.0/24"), MAIN_TABLE, vec![]),
+                InvalidRoute::NoNextHop,
+            ),
             (
                 Route::unicast(
                     net("10.1.0.0/24"),
@@ -524,7 +585,11 @@ mod tests {
                 InvalidRoute::EmptyNextHop,
             ),
             (
-                Route::unicast(net("2001:db8::/64"), MAIN_TABLE, vec![NextHop::via(ip("198.18.0.1"))]),
+                Route::unicast(
+                    net("2001:db8::/64"),
+                    MAIN_TABLE,
+                    vec![NextHop::via(ip("198.18.0.1"))],
+                ),
                 InvalidRoute::Ipv4GatewayForIpv6(ip("198.18.0.1")),
             ),
             (Route::blackhole(net("10.1.0.0/24"), 0), InvalidRoute::Table),
@@ -597,6 +662,9 @@ mod tests {
             let _ = decode_replies(&out[..len]);
         }
         assert!(decode_replies(&out[..10]).is_err());
-        assert_eq!(decode_ack(0, -1, &[0; 8]).map(|_| ()), Err("NLMSG_ERROR of 8 bytes".to_string()));
+        assert_eq!(
+            decode_ack(0, -1, &[0; 8]).map(|_| ()),
+            Err("NLMSG_ERROR of 8 bytes".to_string())
+        );
     }
 }

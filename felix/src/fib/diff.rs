@@ -34,7 +34,10 @@ impl FibDiff {
     /// never in it) into `desired`. Adds and replaces come before deletes, so traffic moving from a
     /// withdrawn prefix to a covering one finds the new route first. A route already satisfied by
     /// the kernel's (see [`Route::satisfied_by`]) gives no operation.
-    pub fn compute(desired: &BTreeMap<RouteKey, Route>, actual: &BTreeMap<RouteKey, Route>) -> Vec<FibOp> {
+    pub fn compute(
+        desired: &BTreeMap<RouteKey, Route>,
+        actual: &BTreeMap<RouteKey, Route>,
+    ) -> Vec<FibOp> {
         let mut ops = Vec::new();
         for (key, route) in desired {
             match actual.get(key) {
@@ -77,7 +80,11 @@ mod tests {
         let gw2 = NextHop::via(ip("198.18.1.2"));
         let actual = by_key([
             Route::unicast(net("10.0.0.0/24"), MAIN_TABLE, vec![gw1.clone()]),
-            Route::unicast(net("10.0.1.0/24"), MAIN_TABLE, vec![gw1.clone(), gw2.clone()]),
+            Route::unicast(
+                net("10.0.1.0/24"),
+                MAIN_TABLE,
+                vec![gw1.clone(), gw2.clone()],
+            ),
             Route::blackhole(net("10.0.2.0/26"), MAIN_TABLE),
         ]);
         let desired = by_key([
@@ -89,8 +96,13 @@ mod tests {
         assert_eq!(
             ops,
             vec![
+                // Keys in order: table 100 sorts before the main table (254).
+                FibOp::Add(Route::unicast(
+                    net("2001:db8:1::/48"),
+                    100,
+                    vec![NextHop::dev(4)]
+                )),
                 FibOp::Replace(Route::unicast(net("10.0.1.0/24"), MAIN_TABLE, vec![gw2])),
-                FibOp::Add(Route::unicast(net("2001:db8:1::/48"), 100, vec![NextHop::dev(4)])),
                 FibOp::Delete(RouteKey {
                     table: MAIN_TABLE,
                     dst: net("10.0.2.0/26")
@@ -120,10 +132,16 @@ mod tests {
         for op in ops {
             match op {
                 FibOp::Add(route) => {
-                    assert!(table.insert(route.key(), route.clone()).is_none(), "add over an existing route");
+                    assert!(
+                        table.insert(route.key(), route.clone()).is_none(),
+                        "add over an existing route"
+                    );
                 }
                 FibOp::Replace(route) => {
-                    assert!(table.insert(route.key(), route.clone()).is_some(), "replace of a missing route");
+                    assert!(
+                        table.insert(route.key(), route.clone()).is_some(),
+                        "replace of a missing route"
+                    );
                 }
                 FibOp::Delete(key) => {
                     assert!(table.remove(key).is_some(), "delete of a missing route");
@@ -138,23 +156,31 @@ mod tests {
             (0u8..8, 22u8..=32).prop_map(|(n, len)| IpNet::new(IpAddr::from([10, 0, n, 0]), len)
                 .unwrap()
                 .trunc()),
-            (0u16..8).prop_map(|n| IpNet::new(IpAddr::from([0x2001, 0xdb8, n, 0, 0, 0, 0, 0]), 48).unwrap()),
+            (0u16..8).prop_map(
+                |n| IpNet::new(IpAddr::from([0x2001, 0xdb8, n, 0, 0, 0, 0, 0]), 48).unwrap()
+            ),
         ];
-        let hop = (0u8..3, proptest::option::of(1u32..3), 1u16..3, any::<bool>()).prop_map(
-            |(gw, ifindex, weight, onlink)| NextHop {
+        let hop = (
+            0u8..3,
+            proptest::option::of(1u32..3),
+            1u16..3,
+            any::<bool>(),
+        )
+            .prop_map(|(gw, ifindex, weight, onlink)| NextHop {
                 gateway: Some(IpAddr::from([198, 18, gw, 2])),
                 ifindex,
                 weight,
                 onlink,
-            },
-        );
+            });
         let kind = prop_oneof![
             Just(None),
             proptest::collection::vec(hop, 1..4).prop_map(Some),
         ];
-        (dst, prop_oneof![Just(MAIN_TABLE), Just(100u32)], kind).prop_map(|(dst, table, hops)| match hops {
-            None => Route::blackhole(dst, table),
-            Some(hops) => Route::unicast(dst, table, hops),
+        (dst, prop_oneof![Just(MAIN_TABLE), Just(100u32)], kind).prop_map(|(dst, table, hops)| {
+            match hops {
+                None => Route::blackhole(dst, table),
+                Some(hops) => Route::unicast(dst, table, hops),
+            }
         })
     }
 

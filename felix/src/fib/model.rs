@@ -93,7 +93,9 @@ impl NextHop {
     /// (`ifindex: None`) matches whichever it chose; weights count only in multipath routes.
     fn satisfied_by(&self, actual: &NextHop, multipath: bool) -> bool {
         self.gateway == actual.gateway
-            && self.ifindex.is_none_or(|ifindex| actual.ifindex == Some(ifindex))
+            && self
+                .ifindex
+                .is_none_or(|ifindex| actual.ifindex == Some(ifindex))
             && (!multipath || self.weight == actual.weight)
             && self.onlink == actual.onlink
     }
@@ -151,7 +153,10 @@ impl Route {
 /// Routes keyed by [`RouteKey`], the form [`crate::FibDiff::compute`] takes. A later route with the
 /// same key replaces an earlier one.
 pub fn by_key(routes: impl IntoIterator<Item = Route>) -> BTreeMap<RouteKey, Route> {
-    routes.into_iter().map(|route| (route.key(), route)).collect()
+    routes
+        .into_iter()
+        .map(|route| (route.key(), route))
+        .collect()
 }
 
 #[cfg(test)]
@@ -168,14 +173,21 @@ mod tests {
 
     #[test]
     fn kernel_chosen_interface_satisfies_unspecified_one() {
-        let want = Route::unicast(net("10.0.0.0/24"), MAIN_TABLE, vec![NextHop::via(ip("198.18.0.2"))]);
+        let want = Route::unicast(
+            net("10.0.0.0/24"),
+            MAIN_TABLE,
+            vec![NextHop::via(ip("198.18.0.2"))],
+        );
         let have = Route::unicast(
             net("10.0.0.0/24"),
             MAIN_TABLE,
             vec![NextHop::via(ip("198.18.0.2")).with_ifindex(7)],
         );
         assert!(want.satisfied_by(&have));
-        assert!(!have.satisfied_by(&want), "a pinned interface needs the kernel to report it");
+        assert!(
+            !have.satisfied_by(&want),
+            "a pinned interface needs the kernel to report it"
+        );
     }
 
     #[test]
@@ -190,7 +202,11 @@ mod tests {
             ..want.clone()
         };
         assert!(want.satisfied_by(&reordered));
-        let heavier = Route::unicast(net("10.0.0.0/24"), MAIN_TABLE, vec![a.clone(), b.with_weight(3)]);
+        let heavier = Route::unicast(
+            net("10.0.0.0/24"),
+            MAIN_TABLE,
+            vec![a.clone(), b.with_weight(3)],
+        );
         assert!(!want.satisfied_by(&heavier));
         let single = Route::unicast(net("10.0.0.0/24"), MAIN_TABLE, vec![a.clone()]);
         assert!(!want.satisfied_by(&single));

@@ -53,7 +53,9 @@ pub enum FibError {
     Decode(String),
     #[error("no reply from the kernel within {0:?}")]
     Timeout(Duration),
-    #[error("the kernel dropped replies (receive buffer overrun): outcome of the batch unknown, resync")]
+    #[error(
+        "the kernel dropped replies (receive buffer overrun): outcome of the batch unknown, resync"
+    )]
     Overrun,
     #[error("the routing table kept changing during {DUMP_ATTEMPTS} dumps")]
     DumpInterrupted,
@@ -145,7 +147,9 @@ impl FibProgrammer {
         set_receive_timeout(&socket, REPLY_TIMEOUT)?;
         // A batch's requests must fit the send buffer (a route message is < 512 bytes even with
         // several next hops) and all their error replies the receive buffer.
-        let batch = (receive / ERROR_REPLY_TRUESIZE).min(send / 512).clamp(1, MAX_BATCH);
+        let batch = (receive / ERROR_REPLY_TRUESIZE)
+            .min(send / 512)
+            .clamp(1, MAX_BATCH);
         Ok(FibProgrammer {
             socket,
             next_sequence: 1,
@@ -216,7 +220,10 @@ impl FibProgrammer {
 
     /// The routes with Reef's protocol number, IPv4 and IPv6, in `table` (`None`: every table).
     /// Routes of other owners are never returned.
-    pub fn dump_owned(&mut self, table: Option<u32>) -> Result<BTreeMap<RouteKey, Route>, FibError> {
+    pub fn dump_owned(
+        &mut self,
+        table: Option<u32>,
+    ) -> Result<BTreeMap<RouteKey, Route>, FibError> {
         for _ in 0..DUMP_ATTEMPTS {
             let mut routes = BTreeMap::new();
             let mut interrupted = false;
@@ -284,7 +291,11 @@ impl FibProgrammer {
         Ok(report)
     }
 
-    fn apply_batch(&mut self, ops: &[FibOp], failures: &mut Vec<RouteFailure>) -> Result<(), FibError> {
+    fn apply_batch(
+        &mut self,
+        ops: &[FibOp],
+        failures: &mut Vec<RouteFailure>,
+    ) -> Result<(), FibError> {
         // Sequence numbers first..first+len for the ops, then one for the barrier.
         let first = self.next_sequence;
         self.send_buffer.clear();
@@ -324,7 +335,10 @@ impl FibProgrammer {
 
     /// Makes the kernel's Reef routes (all tables) equal to `desired`: dump, diff, apply. Routes
     /// already right are left alone (no flush on start: a restarted agent changes only what differs).
-    pub fn reconcile(&mut self, desired: &BTreeMap<RouteKey, Route>) -> Result<ApplyReport, FibError> {
+    pub fn reconcile(
+        &mut self,
+        desired: &BTreeMap<RouteKey, Route>,
+    ) -> Result<ApplyReport, FibError> {
         let actual = self.dump_owned(None)?;
         let ops = FibDiff::compute(desired, &actual);
         let report = self.apply(&ops)?;
@@ -340,14 +354,20 @@ impl FibProgrammer {
     }
 
     fn send(&mut self) -> Result<(), FibError> {
-        let sent = self.socket.send(&self.send_buffer, 0).map_err(|source| FibError::Io {
-            what: "netlink send",
-            source,
-        })?;
+        let sent = self
+            .socket
+            .send(&self.send_buffer, 0)
+            .map_err(|source| FibError::Io {
+                what: "netlink send",
+                source,
+            })?;
         if sent != self.send_buffer.len() {
             return Err(FibError::Io {
                 what: "netlink send",
-                source: std::io::Error::other(format!("sent {sent} of {} bytes", self.send_buffer.len())),
+                source: std::io::Error::other(format!(
+                    "sent {sent} of {} bytes",
+                    self.send_buffer.len()
+                )),
             });
         }
         Ok(())
@@ -413,7 +433,11 @@ impl FibProgrammer {
     }
 }
 
-fn set_socket_option(socket: &Socket, option: libc::c_int, value: &impl Sized) -> std::io::Result<()> {
+fn set_socket_option(
+    socket: &Socket,
+    option: libc::c_int,
+    value: &impl Sized,
+) -> std::io::Result<()> {
     // SAFETY: setsockopt(2) on our socket with a pointer to a value of the size given.
     let rc = unsafe {
         libc::setsockopt(
@@ -424,7 +448,11 @@ fn set_socket_option(socket: &Socket, option: libc::c_int, value: &impl Sized) -
             std::mem::size_of_val(value) as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Asks for a [`SOCKET_BUFFER`]-sized buffer (`force`, as root, or `plain` up to the sysctl limit)
