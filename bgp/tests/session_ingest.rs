@@ -60,7 +60,8 @@ fn table(prefixes: u32, ctx: &CodecContext) -> BytesMut {
     wire
 }
 
-#[tokio::test]
+// Multi-threaded like reefd: reader and session task run in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
     let prefixes: u32 = std::env::var("REEF_INGEST_PREFIXES")
         .ok()

@@ -154,6 +154,8 @@ pub trait BgpDaemon {
     fn refresh_in(&self, peer: IpAddr) -> Result<()>;
     /// UPDATE messages received from `peer` so far.
     fn updates_received(&self, peer: IpAddr) -> Result<u64>;
+    /// ROUTE-REFRESH messages received from `peer` so far.
+    fn refreshes_received(&self, peer: IpAddr) -> Result<u64>;
     /// Administratively shuts the session down (NOTIFICATION Cease / Administrative Shutdown).
     fn shutdown_peer(&mut self, peer: IpAddr) -> Result<()>;
     /// Stops the daemon and starts it again with the same configuration and originated prefixes.

@@ -167,6 +167,8 @@ fn render(dir: &std::path::Path, config: &BgpConfig, originated: &[IpNet]) -> St
         );
         // The neighbor is on the link (BIRD treats iBGP as multihop otherwise).
         conf.push_str("  direct;\n");
+        // Packet traces in the log: the only place BIRD shows a received ROUTE-REFRESH.
+        conf.push_str("  debug { packets };\n");
         // Quick restarts after a session drop (the default waits before reconnecting).
         conf.push_str("  error wait time 1, 5;\n");
         if let Some(key) = &n.password {
@@ -260,6 +262,12 @@ impl BgpDaemon for Bird {
 
     fn updates_received(&self, peer: IpAddr) -> Result<u64> {
         parse_import_updates(&self.protocol_status(peer)?)
+    }
+
+    fn refreshes_received(&self, peer: IpAddr) -> Result<u64> {
+        let log = std::fs::read_to_string(self.dir.path().join("bird.log")).unwrap_or_default();
+        let line_end = format!("{}: Got ROUTE-REFRESH", self.protocol(peer)?);
+        Ok(log.lines().filter(|l| l.ends_with(&line_end)).count() as u64)
     }
 
     fn shutdown_peer(&mut self, peer: IpAddr) -> Result<()> {

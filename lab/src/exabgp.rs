@@ -349,6 +349,14 @@ impl BgpDaemon for ExaBgp {
             .count() as u64)
     }
 
+    fn refreshes_received(&self, peer: IpAddr) -> Result<u64> {
+        Ok(self
+            .events_from(peer)?
+            .iter()
+            .filter(|e| e.get("type").and_then(Value::as_str) == Some("refresh"))
+            .count() as u64)
+    }
+
     fn shutdown_peer(&mut self, peer: IpAddr) -> Result<()> {
         // Cease subcode 2: Administrative Shutdown.
         self.command(&format!("neighbor {peer} teardown 2"))

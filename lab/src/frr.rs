@@ -331,6 +331,13 @@ impl BgpDaemon for Frr {
             .ok_or_else(|| LabError::parse("frr messageStats", "no updatesRecv"))
     }
 
+    fn refreshes_received(&self, peer: IpAddr) -> Result<u64> {
+        self.neighbor_json(peer)?
+            .pointer("/messageStats/routeRefreshRecv")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| LabError::parse("frr messageStats", "no routeRefreshRecv"))
+    }
+
     fn shutdown_peer(&mut self, peer: IpAddr) -> Result<()> {
         self.configure(&[&format!("neighbor {peer} shutdown")])
     }

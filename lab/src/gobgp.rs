@@ -280,6 +280,14 @@ impl BgpDaemon for GoBgp {
             .unwrap_or(0))
     }
 
+    fn refreshes_received(&self, peer: IpAddr) -> Result<u64> {
+        Ok(self
+            .neighbor_json(peer)?
+            .pointer("/state/messages/received/refresh")
+            .and_then(Value::as_u64)
+            .unwrap_or(0))
+    }
+
     fn shutdown_peer(&mut self, peer: IpAddr) -> Result<()> {
         self.gobgp(&["neighbor", &peer.to_string(), "disable"])
             .map(|_| ())

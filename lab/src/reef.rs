@@ -243,6 +243,12 @@ impl BgpDaemon for Reefd {
         ))
     }
 
+    fn refreshes_received(&self, _peer: IpAddr) -> Result<u64> {
+        Err(LabError::Daemon(
+            "reefd does not expose ROUTE-REFRESH counters".to_string(),
+        ))
+    }
+
     fn shutdown_peer(&mut self, _peer: IpAddr) -> Result<()> {
         Err(LabError::Daemon(
             "reefd has no per-peer shutdown command".to_string(),

@@ -361,6 +361,27 @@ pub fn refresh_from_peer(kind: DaemonKind) {
     pair.wait_peer_sees(&REEF_PREFIXES);
 }
 
+/// Reef asks the peer for a route refresh (`reefctl bgp refresh`): the peer receives the
+/// ROUTE-REFRESH (its own counter or log) and Reef keeps the peer's routes.
+pub fn refresh_from_reef(kind: DaemonKind) {
+    let pair = Pair::start(kind, Setup::ebgp());
+    pair.wait_established();
+    pair.wait_reef_sees(&PEER_PREFIXES);
+    let before = pair.check(pair.peer.refreshes_received(pair.reef_addr));
+    pair.check(pair.reef.refresh_in(pair.peer_addr));
+    let received = wait_until(WAIT, POLL, || {
+        (pair.peer.refreshes_received(pair.reef_addr).ok()? > before).then_some(())
+    });
+    if received.is_none() {
+        pair.fail(&format!(
+            "{} never received Reef's ROUTE-REFRESH",
+            kind.name()
+        ));
+    }
+    pair.wait_reef_sees(&PEER_PREFIXES);
+    assert_eq!(text(&pair.reef_status(), "state"), "Established");
+}
+
 /// One `#[test]` per case for a daemon, so nextest runs them in parallel.
 #[macro_export]
 macro_rules! interop_tests {

@@ -4,12 +4,15 @@
 use std::path::Path;
 
 use reef_bgp::wire::{
-    AfiSafi, AsPath, Capability, CeaseSubcode, CodecContext, Community, ErrorCode, ErrorSubcode, LargeCommunity,
-    Message, NextHop, Nlri, Open, Origin, RouteRefreshSubtype, Update, decode,
+    AfiSafi, AsPath, Capability, CeaseSubcode, CodecContext, Community, ErrorCode, ErrorSubcode,
+    LargeCommunity, Message, NextHop, Nlri, Open, Origin, RouteRefreshSubtype, Update, decode,
 };
 
 fn bytes(daemon: &str, file: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bgp/tests/fixtures").join(daemon).join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bgp/tests/fixtures")
+        .join(daemon)
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
     digits
@@ -32,7 +35,11 @@ fn update(daemon: &str, open_file: &str, file: &str) -> Update {
     let ctx = CodecContext::negotiate(&open, &open);
     match decode(&bytes(daemon, file), &ctx) {
         Ok(Message::Update(update)) => {
-            assert!(update.errors.is_empty(), "{daemon}/{file}: {:?}", update.errors);
+            assert!(
+                update.errors.is_empty(),
+                "{daemon}/{file}: {:?}",
+                update.errors
+            );
             update
         }
         other => panic!("{daemon}/{file}: {other:?}"),
@@ -68,7 +75,11 @@ fn bird_ebgp_open_uses_as_trans_and_four_octet_capability() {
         Capability::RouteRefresh,
         Capability::EnhancedRouteRefresh,
     ] {
-        assert!(open.capabilities.contains(&cap), "{cap:?} in {:?}", open.capabilities);
+        assert!(
+            open.capabilities.contains(&cap),
+            "{cap:?} in {:?}",
+            open.capabilities
+        );
     }
 }
 
@@ -76,14 +87,21 @@ fn bird_ebgp_open_uses_as_trans_and_four_octet_capability() {
 fn frr_ebgp_update_carries_the_lab_attributes() {
     let u = update("frr", "01-open.hex", "03-update.hex");
     assert_eq!(u.attributes.origin, Some(Origin::Igp));
-    assert_eq!(u.attributes.as_path, Some(AsPath::from_sequence(vec![4_200_000_001])));
+    assert_eq!(
+        u.attributes.as_path,
+        Some(AsPath::from_sequence(vec![4_200_000_001]))
+    );
     assert_eq!(u.attributes.med, Some(50));
     assert_eq!(u.attributes.local_pref, None);
     assert_eq!(u.attributes.communities, lab_communities());
     assert_eq!(u.attributes.large_communities, large(4_200_000_001));
     assert_eq!(u.nlri, nlri(&["10.1.0.0/24", "10.1.1.0/24"]));
     let next_hop = u.attributes.next_hop.expect("NEXT_HOP");
-    assert_eq!(next_hop.octets()[3], 1, "the sender's link address: {next_hop}");
+    assert_eq!(
+        next_hop.octets()[3],
+        1,
+        "the sender's link address: {next_hop}"
+    );
 
     // IPv6 in MP_REACH_NLRI with a global and a link-local next hop.
     let u = update("frr", "01-open.hex", "04-update.hex");
@@ -112,10 +130,18 @@ fn bird_end_of_rib_withdrawals_and_route_refresh() {
     assert_eq!(eor.end_of_rib(), Some(AfiSafi::IPV4_UNICAST));
     let eor6 = update("bird", "01-open.hex", "06-update.hex");
     assert_eq!(eor6.end_of_rib(), Some(AfiSafi::IPV6_UNICAST));
-    assert_eq!(update("bird", "01-open.hex", "07-update.hex").withdrawn, nlri(&["10.1.1.0/24"]));
-    let gone = update("bird", "01-open.hex", "08-update.hex").mp_unreach.expect("MP_UNREACH_NLRI");
+    assert_eq!(
+        update("bird", "01-open.hex", "07-update.hex").withdrawn,
+        nlri(&["10.1.1.0/24"])
+    );
+    let gone = update("bird", "01-open.hex", "08-update.hex")
+        .mp_unreach
+        .expect("MP_UNREACH_NLRI");
     assert_eq!(gone.withdrawn, nlri(&["2001:db8:100::/48"]));
-    match decode(&bytes("bird", "09-route-refresh.hex"), &CodecContext::default()) {
+    match decode(
+        &bytes("bird", "09-route-refresh.hex"),
+        &CodecContext::default(),
+    ) {
         Ok(Message::RouteRefresh(rr)) => {
             assert_eq!(AfiSafi::new(rr.afi, rr.safi), AfiSafi::IPV4_UNICAST);
             assert_eq!(rr.subtype, RouteRefreshSubtype::Normal);
@@ -128,23 +154,38 @@ fn bird_end_of_rib_withdrawals_and_route_refresh() {
 fn gobgp_originates_incomplete() {
     let u = update("gobgp", "01-open.hex", "03-update.hex");
     assert_eq!(u.attributes.origin, Some(Origin::Incomplete));
-    assert_eq!(u.attributes.as_path, Some(AsPath::from_sequence(vec![4_200_000_003])));
+    assert_eq!(
+        u.attributes.as_path,
+        Some(AsPath::from_sequence(vec![4_200_000_003]))
+    );
     assert_eq!(u.attributes.communities, lab_communities());
     assert_eq!(u.nlri, nlri(&["10.1.0.0/24", "10.1.1.0/24"]));
 }
 
 #[test]
 fn exabgp_shutdown_notification_carries_a_shutdown_communication() {
-    match decode(&bytes("exabgp", "11-notification.hex"), &CodecContext::default()) {
+    match decode(
+        &bytes("exabgp", "11-notification.hex"),
+        &CodecContext::default(),
+    ) {
         Ok(Message::Notification(n)) => {
             assert_eq!(n.code, ErrorCode::Cease);
-            assert_eq!(n.subcode, ErrorSubcode::Cease(CeaseSubcode::AdministrativeShutdown));
-            assert_eq!(n.shutdown_message().as_deref(), Some("Administrative Shutdown"));
+            assert_eq!(
+                n.subcode,
+                ErrorSubcode::Cease(CeaseSubcode::AdministrativeShutdown)
+            );
+            assert_eq!(
+                n.shutdown_message().as_deref(),
+                Some("Administrative Shutdown")
+            );
         }
         other => panic!("{other:?}"),
     }
     // ExaBGP withdraws IPv6 with the other path attributes still attached.
     let u = update("exabgp", "01-open.hex", "08-update.hex");
-    assert_eq!(u.mp_unreach.expect("MP_UNREACH_NLRI").withdrawn, nlri(&["2001:db8:100::/48"]));
+    assert_eq!(
+        u.mp_unreach.expect("MP_UNREACH_NLRI").withdrawn,
+        nlri(&["2001:db8:100::/48"])
+    );
     assert!(u.mp_reach.is_none() && u.nlri.is_empty());
 }

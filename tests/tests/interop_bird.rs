@@ -13,6 +13,7 @@ reef_tests::interop_tests!(
         frozen_peer,
         restarted_peer,
         notification_from_peer,
+        refresh_from_reef,
         refresh_from_peer,
     ]
 );

@@ -13,6 +13,7 @@ reef_tests::interop_tests!(
         frozen_peer,
         restarted_peer,
         notification_from_peer,
+        refresh_from_reef,
         // No refresh_from_peer: GoBGP cannot send a ROUTE-REFRESH (its softresetin is local).
     ]
 );

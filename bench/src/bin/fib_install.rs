@@ -1,7 +1,7 @@
 //! Installing N routes into a network namespace's FIB: Reef's FIB programmer (batched netlink)
 //! against `ip -batch` and BIRD 2's kernel protocol, each in fresh namespaces, one table.
 //!
-//! `cargo run --release -p reef-bench --bin fib_install -- [--routes 100000] [--prefix-len 32]`
+//! `cargo run --release -p reef-bench --bin fib_install -- [--routes 100000] [--prefix-len 32] [--methods reef,ip,bird]`
 //!
 //! Every route goes via a gateway on a veth link. Reef: `FibProgrammer::reconcile` (dump, diff,
 //! apply) on an empty table. `ip -batch`: one `route add` line per route. BIRD: N static routes
@@ -32,6 +32,9 @@ struct Args {
     /// Prefix length of the routes: 32 (host routes) or 24.
     #[arg(long, default_value_t = 32)]
     prefix_len: u8,
+    /// Methods to run, comma separated (the ratio column needs `reef`).
+    #[arg(long, value_delimiter = ',', default_values_t = ["reef".to_string(), "ip".to_string(), "bird".to_string()])]
+    methods: Vec<String>,
     /// Bound on one install (BIRD included).
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -220,11 +223,14 @@ fn main() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let mut outcomes = Vec::new();
-    for (method, run) in [
-        ("reef", reef as fn(&Args, &Path) -> Result<Outcome>),
-        ("ip -batch", ip_batch),
-        ("bird", bird),
+    for (name, method, run) in [
+        ("reef", "reef", reef as fn(&Args, &Path) -> Result<Outcome>),
+        ("ip", "ip -batch", ip_batch),
+        ("bird", "bird", bird),
     ] {
+        if !args.methods.iter().any(|m| m == name) {
+            continue;
+        }
         match run(&args, dir.path()) {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => outcomes.push(Outcome {
@@ -240,7 +246,7 @@ fn main() -> Result<()> {
             .filter(|_| o.installed >= args.routes as usize)
             .map(|s| f64::from(args.routes) / s)
     };
-    let reef_rate = outcomes.first().and_then(rate);
+    let reef_rate = outcomes.iter().find(|o| o.method == "reef").and_then(rate);
     println!(
         "install {} IPv4 /{} routes via one gateway, each method in fresh namespaces",
         args.routes, args.prefix_len
