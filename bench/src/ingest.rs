@@ -63,10 +63,12 @@ pub fn measure(daemon: Daemon, workload: &Workload, options: &IngestOptions) -> 
         rss_before_mib: None,
         peak_rss_mib: None,
         error: None,
+        runs_seconds: Vec::new(),
     };
     if let Err(error) = measure_into(daemon, workload, options, &mut result) {
         result.error = Some(format!("{error:#}"));
     }
+    result.runs_seconds.extend(result.seconds);
     result
 }
 
@@ -140,7 +142,11 @@ fn measure_into(
         }
         // A probe that spawns a process (vtysh, gobgp) costs CPU the daemon under test would use on this
         // 2-core machine: keep probing below a fifth of one core.
-        std::thread::sleep(options.poll_interval.max((probe_took * 4).min(MAX_PROBE_BACKOFF)));
+        std::thread::sleep(
+            options
+                .poll_interval
+                .max((probe_took * 4).min(MAX_PROBE_BACKOFF)),
+        );
     };
     result.write_seconds = session.written().map(|written| written.as_secs_f64());
     result.peak_rss_mib = Some(mib(receiver.memory()?.peak_rss_kib));

@@ -84,14 +84,10 @@ impl Session {
         let ours = params.open();
         let before_open = CodecContext::default();
         stream.write_all(&Message::Open(ours.clone()).to_bytes(&before_open)?)?;
-        let theirs = loop {
-            match read_message(&mut stream, &before_open).context("waiting for OPEN")? {
-                Message::Open(open) => break open,
-                Message::Notification(notification) => {
-                    bail!("received NOTIFICATION: {notification}")
-                }
-                other => bail!("expected OPEN, got {:?}", other.message_type()),
-            }
+        let theirs = match read_message(&mut stream, &before_open).context("waiting for OPEN")? {
+            Message::Open(open) => open,
+            Message::Notification(notification) => bail!("received NOTIFICATION: {notification}"),
+            other => bail!("expected OPEN, got {:?}", other.message_type()),
         };
         let negotiated = CodecContext::negotiate(&ours, &theirs);
         if negotiated != ctx {
@@ -105,14 +101,10 @@ impl Session {
             bail!("peer does not offer IPv4 unicast");
         }
         stream.write_all(&Message::Keepalive.to_bytes(&ctx)?)?;
-        loop {
-            match read_message(&mut stream, &ctx).context("waiting for KEEPALIVE")? {
-                Message::Keepalive => break,
-                Message::Notification(notification) => {
-                    bail!("received NOTIFICATION: {notification}")
-                }
-                other => bail!("expected KEEPALIVE, got {:?}", other.message_type()),
-            }
+        match read_message(&mut stream, &ctx).context("waiting for KEEPALIVE")? {
+            Message::Keepalive => {}
+            Message::Notification(notification) => bail!("received NOTIFICATION: {notification}"),
+            other => bail!("expected KEEPALIVE, got {:?}", other.message_type()),
         }
         stream.set_read_timeout(None)?;
         // RFC 4271 §4.4: hold time 0 means no KEEPALIVEs; then the interval is never reached.

@@ -22,6 +22,35 @@ pub struct IngestResult {
     pub peak_rss_mib: Option<f64>,
     /// Why the run is incomplete, if it is.
     pub error: Option<String>,
+    /// `seconds` of every completed repetition (`--repeat`), in run order.
+    pub runs_seconds: Vec<f64>,
+}
+
+impl IngestResult {
+    /// One result for several repetitions of the same daemon: the first failure if any run failed,
+    /// otherwise the run with the median time. `runs_seconds` lists every completed run.
+    pub fn median_of(mut runs: Vec<IngestResult>) -> Option<IngestResult> {
+        let runs_seconds: Vec<f64> = runs.iter().filter_map(|run| run.seconds).collect();
+        let chosen = match runs
+            .iter()
+            .position(|run| run.error.is_some() || run.seconds.is_none())
+        {
+            Some(failed) => runs.swap_remove(failed),
+            None => {
+                runs.sort_by(|a, b| {
+                    a.seconds
+                        .partial_cmp(&b.seconds)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
+                let middle = runs.len() / 2;
+                runs.into_iter().nth(middle)?
+            }
+        };
+        Some(IngestResult {
+            runs_seconds,
+            ..chosen
+        })
+    }
 }
 
 /// One run of the benchmark over several daemons, same workload and injector for all.
@@ -58,7 +87,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<7} {:>9} {:>11} {:>11} {:>10} {:>10} {:>9} {:>9}",
+            "{:<7} {:>9} {:>11} {:>11} {:>10} {:>10} {:>9} {:>9}  runs (s)",
             "daemon",
             "seconds",
             "routes/s",
@@ -74,7 +103,7 @@ impl Report {
             let mem_ratio = ratio(result.peak_rss_mib, bird.and_then(|bird| bird.peak_rss_mib));
             let _ = writeln!(
                 out,
-                "{:<7} {:>9} {:>11} {:>11} {:>10} {:>10} {:>9} {:>9}{}",
+                "{:<7} {:>9} {:>11} {:>11} {:>10} {:>10} {:>9} {:>9}  {}{}",
                 result.daemon,
                 fixed(result.seconds, 3),
                 fixed(result.routes_per_second, 0),
@@ -83,6 +112,12 @@ impl Report {
                 fixed(result.peak_rss_mib, 1),
                 fixed(time_ratio, 2),
                 fixed(mem_ratio, 2),
+                result
+                    .runs_seconds
+                    .iter()
+                    .map(|seconds| format!("{seconds:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 result
                     .error
                     .as_deref()
@@ -119,7 +154,28 @@ mod tests {
             rss_before_mib: Some(1.0),
             peak_rss_mib: Some(peak),
             error: seconds.is_none().then(|| "timeout".to_string()),
+            runs_seconds: seconds.into_iter().collect(),
         }
+    }
+
+    #[test]
+    fn repetitions_report_the_median_or_a_failure() {
+        let runs = vec![
+            result("bird", Some(0.9), 100.0),
+            result("bird", Some(0.3), 100.0),
+            result("bird", Some(0.5), 100.0),
+        ];
+        let median = IngestResult::median_of(runs).unwrap();
+        assert_eq!(median.seconds, Some(0.5));
+        assert_eq!(median.runs_seconds, vec![0.9, 0.3, 0.5]);
+        let failed = IngestResult::median_of(vec![
+            result("bird", Some(0.3), 1.0),
+            result("bird", None, 1.0),
+        ])
+        .unwrap();
+        assert_eq!(failed.error.as_deref(), Some("timeout"));
+        assert_eq!(failed.runs_seconds, vec![0.3]);
+        assert!(IngestResult::median_of(Vec::new()).is_none());
     }
 
     #[test]

@@ -11,10 +11,13 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::wire::{AfiSafi, AfiSafiSet, NextHop, Nlri, PathAttributes, Update};
+use crate::wire::{
+    AfiSafi, AfiSafiSet, CodecContext, HEADER_LEN, Message, NextHop, Nlri, PathAttributes, Update,
+    decode_bytes,
+};
 
 /// FxHash-style multiplicative hasher for route keys: keys are small integers and a full table is
 /// hashed a million times per load, where SipHash would cost several times more. Peers are configured,
@@ -85,7 +88,9 @@ struct KeyV6 {
 /// Handle of an interned attribute set.
 type AttrId = u32;
 
-/// One distinct set of path attributes as received, with the next hop the routes use.
+/// One distinct set of path attributes as received, with the next hop the routes use. Only the octets
+/// are kept (a decoded `PathAttributes` is several times larger); [`AdjRibIn::get`] and
+/// [`AdjRibIn::routes`] decode them on demand.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AttributeSet {
     /// The path attribute octets without MP_REACH/MP_UNREACH (an owned copy: a slice of the receive
@@ -93,7 +98,38 @@ pub struct AttributeSet {
     pub raw: Bytes,
     /// NEXT_HOP for IPv4 NLRI, the MP_REACH next hop for MP NLRI.
     pub next_hop: Option<NextHop>,
-    pub attrs: PathAttributes,
+}
+
+impl AttributeSet {
+    /// Decodes the stored octets under the session's context. The codec reads attributes inside an
+    /// UPDATE, so they are wrapped in one: with a /0 NLRI for IPv4 sets (so NEXT_HOP is read as it was),
+    /// without NLRI for MP sets (which carry no NEXT_HOP). Octets that were accepted once decode again;
+    /// should they not (a set longer than one message), the result is empty rather than an error.
+    pub fn decode(&self, ctx: &CodecContext) -> PathAttributes {
+        let ctx = CodecContext {
+            extended_message: true,
+            ..*ctx
+        };
+        let ipv4_nlri = matches!(self.next_hop, Some(NextHop::V4(_)) | None);
+        let len = HEADER_LEN + 4 + self.raw.len() + usize::from(ipv4_nlri);
+        let (Ok(len16), Ok(raw_len)) = (u16::try_from(len), u16::try_from(self.raw.len())) else {
+            return PathAttributes::default();
+        };
+        let mut message = BytesMut::with_capacity(len);
+        message.put_slice(&[0xff; 16]);
+        message.put_u16(len16);
+        message.put_u8(2); // UPDATE
+        message.put_u16(0); // no withdrawn routes
+        message.put_u16(raw_len);
+        message.put_slice(&self.raw);
+        if ipv4_nlri {
+            message.put_u8(0); // 0.0.0.0/0
+        }
+        match decode_bytes(message.freeze(), &ctx) {
+            Ok(Message::Update(update)) => update.attributes,
+            _ => PathAttributes::default(),
+        }
+    }
 }
 
 #[derive(Default, Debug)]
@@ -112,7 +148,7 @@ struct AttrKey {
 
 impl AttrTable {
     /// The id of this attribute set, interning it on first sight. The reference is not counted yet.
-    fn intern(&mut self, raw: &Bytes, next_hop: Option<NextHop>, attrs: &PathAttributes) -> AttrId {
+    fn intern(&mut self, raw: &Bytes, next_hop: Option<NextHop>) -> AttrId {
         let probe = AttrKey {
             raw: raw.clone(),
             next_hop,
@@ -124,7 +160,6 @@ impl AttrTable {
         let set = Arc::new(AttributeSet {
             raw: owned.clone(),
             next_hop,
-            attrs: attrs.clone(),
         });
         let id = match self.free.pop() {
             Some(id) => {
@@ -193,6 +228,8 @@ pub struct Route {
     pub prefix: IpNet,
     pub path_id: Option<u32>,
     pub attributes: Arc<AttributeSet>,
+    /// `attributes` decoded (shared by the routes of one listing).
+    pub attrs: Arc<PathAttributes>,
 }
 
 impl Route {
@@ -224,6 +261,8 @@ pub struct AdjRibIn {
     v6: FastMap<KeyV6, AttrId>,
     attrs: AttrTable,
     end_of_rib: AfiSafiSet,
+    /// The session's codec context, to decode stored attribute sets.
+    context: CodecContext,
 }
 
 fn key_v4(net: Ipv4Net, path_id: Option<u32>) -> KeyV4 {
@@ -271,6 +310,11 @@ impl AdjRibIn {
         *self = AdjRibIn::default();
     }
 
+    /// Sets the codec context of the session the routes come from (stored sets decode under it).
+    pub fn set_context(&mut self, context: CodecContext) {
+        self.context = context;
+    }
+
     /// Applies one UPDATE: withdrawals, then announcements (an announcement of a known prefix replaces
     /// it: implicit withdraw, RFC 4271 §3.1).
     pub fn apply(&mut self, update: &Update) -> ApplyStats {
@@ -293,9 +337,7 @@ impl AdjRibIn {
         stats.treated_as_withdraw = update.treat_as_withdraw;
         if !update.nlri.is_empty() {
             let next_hop = update.attributes.next_hop.map(NextHop::V4);
-            let id = self
-                .attrs
-                .intern(&update.raw_attributes, next_hop, &update.attributes);
+            let id = self.attrs.intern(&update.raw_attributes, next_hop);
             for nlri in &update.nlri {
                 self.insert(nlri, id);
             }
@@ -303,11 +345,7 @@ impl AdjRibIn {
             self.attrs.collect_unused(id);
         }
         if let Some(mp) = update.mp_reach.as_ref().filter(|mp| !mp.nlri.is_empty()) {
-            let id = self.attrs.intern(
-                &update.raw_attributes,
-                Some(mp.next_hop),
-                &update.attributes,
-            );
+            let id = self.attrs.intern(&update.raw_attributes, Some(mp.next_hop));
             for nlri in &mp.nlri {
                 self.insert(nlri, id);
             }
@@ -352,6 +390,7 @@ impl AdjRibIn {
         Some(Route {
             prefix: prefix.trunc(),
             path_id: None,
+            attrs: Arc::new(attributes.decode(&self.context)),
             attributes,
         })
     }
@@ -360,6 +399,14 @@ impl AdjRibIn {
     pub fn routes(&self) -> Vec<Route> {
         let mut routes: Vec<Route> = Vec::with_capacity(self.len());
         let path_id = |id: u32| (id != 0).then_some(id);
+        // Each set is decoded once per listing.
+        let mut decoded: HashMap<AttrId, Arc<PathAttributes>> = HashMap::new();
+        let mut decode = |id: AttrId, set: &AttributeSet| {
+            decoded
+                .entry(id)
+                .or_insert_with(|| Arc::new(set.decode(&self.context)))
+                .clone()
+        };
         for (key, id) in &self.v4 {
             let (Some(attributes), Ok(net)) = (
                 self.attrs.get(*id),
@@ -370,6 +417,7 @@ impl AdjRibIn {
             routes.push(Route {
                 prefix: IpNet::V4(net),
                 path_id: path_id(key.path_id),
+                attrs: decode(*id, attributes),
                 attributes: attributes.clone(),
             });
         }
@@ -383,6 +431,7 @@ impl AdjRibIn {
             routes.push(Route {
                 prefix: IpNet::V6(net),
                 path_id: path_id(key.path_id),
+                attrs: decode(*id, attributes),
                 attributes: attributes.clone(),
             });
         }
@@ -394,7 +443,7 @@ impl AdjRibIn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{AsPath, CodecContext, Message, MpReach, Origin, decode};
+    use crate::wire::{AsPath, MpReach, Origin, decode};
     use std::net::Ipv4Addr;
 
     fn attrs(med: u32) -> PathAttributes {
@@ -411,6 +460,15 @@ mod tests {
             .iter()
             .map(|p| Nlri::new(p.parse().unwrap()))
             .collect()
+    }
+
+    fn rib() -> AdjRibIn {
+        let mut rib = AdjRibIn::new();
+        rib.set_context(CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        });
+        rib
     }
 
     /// An UPDATE as it arrives: encoded and decoded, so `raw_attributes` is the wire form.
@@ -438,7 +496,7 @@ mod tests {
 
     #[test]
     fn equal_attributes_are_interned_once() {
-        let mut rib = AdjRibIn::new();
+        let mut rib = rib();
         rib.apply(&announce(1, &["10.0.0.0/24", "10.0.1.0/24"]));
         rib.apply(&announce(1, &["10.0.2.0/24"]));
         rib.apply(&announce(2, &["10.0.3.0/24"]));
@@ -447,12 +505,16 @@ mod tests {
         let a = rib.get("10.0.0.0/24".parse().unwrap()).unwrap();
         let b = rib.get("10.0.2.0/24".parse().unwrap()).unwrap();
         assert!(Arc::ptr_eq(&a.attributes, &b.attributes));
+        // Stored as octets, decoded on demand with the session's 4-octet AS context.
+        let mut expected = attrs(1);
+        expected.next_hop = Some(Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(*a.attrs, expected);
         assert_eq!(a.next_hop(), Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
     }
 
     #[test]
     fn implicit_withdraw_replaces_and_frees_unused_sets() {
-        let mut rib = AdjRibIn::new();
+        let mut rib = rib();
         rib.apply(&announce(1, &["10.0.0.0/24"]));
         rib.apply(&announce(2, &["10.0.0.0/24"]));
         assert_eq!(rib.len(), 1);
@@ -462,18 +524,14 @@ mod tests {
             "the set of MED 1 has no route left"
         );
         assert_eq!(
-            rib.get("10.0.0.0/24".parse().unwrap())
-                .unwrap()
-                .attributes
-                .attrs
-                .med,
+            rib.get("10.0.0.0/24".parse().unwrap()).unwrap().attrs.med,
             Some(2)
         );
     }
 
     #[test]
     fn withdrawals_remove_routes_and_sets() {
-        let mut rib = AdjRibIn::new();
+        let mut rib = rib();
         rib.apply(&announce(1, &["10.0.0.0/24", "10.0.1.0/24"]));
         let ctx = CodecContext::default();
         let withdraw = received(
@@ -496,7 +554,7 @@ mod tests {
 
     #[test]
     fn ipv6_routes_key_the_set_by_their_mp_next_hop() {
-        let mut rib = AdjRibIn::new();
+        let mut rib = rib();
         let ctx = CodecContext {
             four_octet_as: true,
             ..CodecContext::default()
@@ -520,12 +578,17 @@ mod tests {
             "same attributes, different next hops"
         );
         let route = rib.get("2001:db8:2::/48".parse().unwrap()).unwrap();
+        assert_eq!(route.attrs.med, Some(1), "MP sets decode without NEXT_HOP");
+        assert_eq!(
+            route.attrs.as_path,
+            Some(AsPath::from_sequence(vec![65001]))
+        );
         assert_eq!(route.next_hop(), Some("2001:db8::2".parse().unwrap()));
     }
 
     #[test]
     fn end_of_rib_is_tracked_per_family_and_clear_empties_everything() {
-        let mut rib = AdjRibIn::new();
+        let mut rib = rib();
         rib.apply(&announce(1, &["10.0.0.0/24"]));
         let stats = rib.apply(&received(Update::end_of_rib_marker(AfiSafi::IPV4_UNICAST)));
         assert_eq!(stats.end_of_rib, Some(AfiSafi::IPV4_UNICAST));
@@ -537,7 +600,7 @@ mod tests {
 
     #[test]
     fn routes_are_listed_sorted() {
-        let mut rib = AdjRibIn::new();
+        let mut rib = rib();
         rib.apply(&announce(1, &["10.0.2.0/24", "10.0.0.0/24", "10.0.1.0/24"]));
         let listed: Vec<String> = rib.routes().iter().map(|r| r.prefix.to_string()).collect();
         assert_eq!(listed, ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"]);

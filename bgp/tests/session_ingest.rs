@@ -1,6 +1,7 @@
 //! Full-table ingest through a real session: an injector on 127.0.0.3 opens a session to a speaker and
 //! pushes N IPv4 prefixes (default 100k; `REEF_INGEST_PREFIXES=1000000` for the benchmark size) with
-//! 1000 distinct attribute sets, then End-of-RIB. Asserts the Adj-RIB-In content; prints the time and
+//! 1000 distinct attribute sets (`REEF_INGEST_ATTRIBUTE_SETS`), then End-of-RIB. Asserts the
+//! Adj-RIB-In content; prints the time and
 //! memory (never asserted: timings belong to benchmarks).
 
 mod session_support;
@@ -21,7 +22,6 @@ use tokio::net::TcpSocket;
 
 const INJECTOR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const INJECTOR_AS: u32 = 65010;
-const ATTRIBUTE_SETS: u32 = 1000;
 
 fn vm_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -32,12 +32,12 @@ fn vm_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// All UPDATEs of the table: prefix i is 16.0.0.0/24 + i, attribute set i % 1000 (MED and AS path).
-fn table(prefixes: u32, ctx: &CodecContext) -> BytesMut {
+/// All UPDATEs of the table: prefix i is 16.0.0.0/24 + i, attribute set i % sets (MED and AS path).
+fn table(prefixes: u32, sets: u32, ctx: &CodecContext) -> BytesMut {
     let mut wire = BytesMut::new();
-    for set in 0..ATTRIBUTE_SETS {
+    for set in 0..sets {
         let nlri: Vec<Nlri> = (set..prefixes)
-            .step_by(ATTRIBUTE_SETS as usize)
+            .step_by(sets as usize)
             .map(|i| {
                 Nlri::new(IpNet::V4(
                     Ipv4Net::new(Ipv4Addr::from((16 << 24) + (i << 8)), 24).unwrap(),
@@ -63,10 +63,14 @@ fn table(prefixes: u32, ctx: &CodecContext) -> BytesMut {
 // Multi-threaded like reefd: reader and session task run in parallel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
-    let prefixes: u32 = std::env::var("REEF_INGEST_PREFIXES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000);
+    let env = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let prefixes = env("REEF_INGEST_PREFIXES", 100_000);
+    let sets = env("REEF_INGEST_ATTRIBUTE_SETS", 1000);
     let config = SpeakerConfig {
         router_id: Ipv4Addr::new(10, 0, 0, 1),
         local_as: 64512,
@@ -117,7 +121,7 @@ async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
         }
     };
     let ctx = CodecContext::negotiate(&ours, &theirs);
-    let wire = table(prefixes, &ctx);
+    let wire = table(prefixes, sets, &ctx);
     let rib = speaker.adj_rib_in(IpAddr::V4(INJECTOR)).unwrap();
     let established = eventually(10, || {
         Some(()).filter(|_| speaker.peers()[0].state == "Established")
@@ -144,7 +148,7 @@ async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
     .await;
     let elapsed = started.elapsed();
     eprintln!(
-        "ingest: {prefixes} prefixes, {ATTRIBUTE_SETS} attribute sets in {elapsed:?}; RSS {} -> {} KiB (peak {} KiB)",
+        "ingest: {prefixes} prefixes, {sets} attribute sets in {elapsed:?}; RSS {} -> {} KiB (peak {} KiB)",
         rss_before,
         vm_kib("VmRSS:"),
         vm_kib("VmHWM:")
@@ -156,11 +160,11 @@ async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
     );
     {
         let rib = rib.lock().unwrap();
-        assert_eq!(rib.attribute_sets(), ATTRIBUTE_SETS.min(prefixes) as usize);
+        assert_eq!(rib.attribute_sets(), sets.min(prefixes) as usize);
         let last = prefixes - 1;
         let prefix = IpNet::V4(Ipv4Net::new(Ipv4Addr::from((16 << 24) + (last << 8)), 24).unwrap());
         let route = rib.get(prefix).expect("last prefix");
-        assert_eq!(route.attributes.attrs.med, Some(last % ATTRIBUTE_SETS));
+        assert_eq!(route.attrs.med, Some(last % sets));
         assert_eq!(route.next_hop(), Some(IpAddr::V4(INJECTOR)));
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;

@@ -514,4 +514,6 @@ fn removing_an_ecmp_hop_keeps_the_other_and_withdraw_removes() {
     assert_eq!((report.ops, report.failures.len()), (3, 0));
     assert!(lab.reef_routes_in_kernel().is_empty());
     assert!(lab.fib.dump_owned(None).unwrap().is_empty());
+    // A table that was never created is empty, not an error.
+    assert!(lab.fib.dump_owned(Some(4242)).unwrap().is_empty());
 }

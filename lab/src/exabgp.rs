@@ -80,7 +80,13 @@ impl ExaBgp {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         Ok(text
             .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|l| {
+                // ExaBGP 4.2 writes ROUTE-REFRESH events with doubled quotes (`"afi": ""ipv4""`):
+                // undo that when a line does not parse as it is.
+                serde_json::from_str::<Value>(l)
+                    .or_else(|_| serde_json::from_str::<Value>(&l.replace("\"\"", "\"")))
+                    .ok()
+            })
             .filter(|v| v.is_object())
             .collect())
     }

@@ -374,8 +374,9 @@ pub fn refresh_from_reef(kind: DaemonKind) {
     });
     if received.is_none() {
         pair.fail(&format!(
-            "{} never received Reef's ROUTE-REFRESH",
-            kind.name()
+            "{} never received Reef's ROUTE-REFRESH (count {before} before, {:?} now)",
+            kind.name(),
+            pair.peer.refreshes_received(pair.reef_addr)
         ));
     }
     pair.wait_reef_sees(&PEER_PREFIXES);

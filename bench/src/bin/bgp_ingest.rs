@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use reef_bench::ingest::{INJECTOR_AS, INTERRUPTED, IngestOptions, measure};
 use reef_bench::receivers::Daemon;
-use reef_bench::report::Report;
+use reef_bench::report::{IngestResult, Report};
 use reef_bench::workload::{Workload, encode};
 
 #[derive(Parser, Debug)]
@@ -38,6 +38,10 @@ struct Args {
     /// Interval between two prefix-count probes.
     #[arg(long, default_value_t = 20)]
     poll_ms: u64,
+    /// Measure each daemon this many times (fresh namespaces and daemon each time) and report the run
+    /// with the median time; all times are listed.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
     /// The reefd binary (default: next to this binary, i.e. target/release/reefd).
     #[arg(long)]
     reefd: Option<PathBuf>,
@@ -87,17 +91,24 @@ fn main() -> Result<()> {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
         }
-        eprintln!("{daemon}: running");
-        let result = measure(daemon, &workload, &options);
-        eprintln!(
-            "{daemon}: {}",
-            match (&result.error, result.seconds) {
-                (Some(error), _) => format!("failed: {error}"),
-                (None, Some(seconds)) => format!("{seconds:.3} s"),
-                (None, None) => "no result".to_string(),
+        let mut runs = Vec::new();
+        for run in 1..=args.repeat.max(1) {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                break;
             }
-        );
-        results.push(result);
+            eprintln!("{daemon}: run {run}");
+            let result = measure(daemon, &workload, &options);
+            eprintln!(
+                "{daemon}: {}",
+                match (&result.error, result.seconds) {
+                    (Some(error), _) => format!("failed: {error}"),
+                    (None, Some(seconds)) => format!("{seconds:.3} s"),
+                    (None, None) => "no result".to_string(),
+                }
+            );
+            runs.push(result);
+        }
+        results.extend(IngestResult::median_of(runs));
     }
     let report = Report {
         date: command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),

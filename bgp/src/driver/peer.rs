@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
@@ -24,8 +24,8 @@ use crate::fsm::{
 };
 use crate::rib::AdjRibIn;
 use crate::wire::{
-    AfiSafi, AsPath, CodecContext, Message, NextHop, Nlri, Origin, PathAttributes, RouteRefresh,
-    RouteRefreshSubtype, Update, decode_bytes, message_length,
+    AfiSafi, AsPath, CodecContext, Message, MessageError, NextHop, Nlri, Origin, PathAttributes,
+    RouteRefresh, RouteRefreshSubtype, Update, decode_bytes, message_length,
 };
 
 /// Connect attempts without an answer before the status blames the path or the MD5 key.
@@ -33,7 +33,7 @@ const CONNECT_TIMEOUT_HINT_AFTER: u32 = 3;
 /// Receive buffer growth step: large reads keep syscalls per prefix low on a full-table load.
 const READ_CHUNK: usize = 256 * 1024;
 /// Chunks of received messages in flight between a reader and the peer task.
-const READ_QUEUE: usize = 8;
+const READ_QUEUE: usize = 4;
 /// Control commands in flight to a peer task.
 const COMMAND_QUEUE: usize = 64;
 
@@ -51,15 +51,15 @@ enum Event {
         attempt: u64,
         result: io::Result<TcpStream>,
     },
-    Received {
+    /// Complete messages the reader could not decode yet (before the session context was known).
+    Received { conn: ConnId, chunk: Bytes },
+    /// Messages the reader decoded with the Established session's context.
+    Decoded {
         conn: ConnId,
-        chunk: Bytes,
+        messages: Vec<Result<Message, MessageError>>,
     },
     /// A framing error: the header of the next message is bad.
-    FrameError {
-        conn: ConnId,
-        error: crate::wire::MessageError,
-    },
+    FrameError { conn: ConnId, error: MessageError },
     Closed {
         conn: ConnId,
         error: Option<io::Error>,
@@ -88,6 +88,8 @@ struct Connection {
     writer: mpsc::UnboundedSender<Bytes>,
     reader: JoinHandle<()>,
     ctx: CodecContext,
+    /// Tells the reader the negotiated context, so that it decodes in parallel with this task.
+    reader_ctx: watch::Sender<Option<CodecContext>>,
     local: SocketAddr,
 }
 
@@ -363,13 +365,15 @@ impl PeerTask {
         let (read, write) = stream.into_split();
         let (writer, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(write, queue));
-        let reader = tokio::spawn(read_loop(conn, read, self.events_tx.clone()));
+        let (reader_ctx, ctx_rx) = watch::channel(None);
+        let reader = tokio::spawn(read_loop(conn, read, ctx_rx, self.events_tx.clone()));
         self.conns.insert(
             conn,
             Connection {
                 writer,
                 reader,
                 ctx: CodecContext::default(),
+                reader_ctx,
                 local,
             },
         );
@@ -402,6 +406,21 @@ impl PeerTask {
                 }
             }
             Event::Received { conn, chunk } => self.received(conn, chunk),
+            Event::Decoded { conn, messages } => {
+                for message in messages {
+                    if !self.conns.contains_key(&conn) {
+                        break; // closed by an earlier message of the batch
+                    }
+                    self.input(match message {
+                        Ok(message) => Input::MessageReceived { conn, message },
+                        Err(error) => {
+                            warn!(peer = %self.peer(), %error, "malformed message");
+                            Input::MessageError { conn, error }
+                        }
+                    });
+                }
+                self.flush_updates();
+            }
             Event::FrameError { conn, error } => {
                 warn!(peer = %self.peer(), %error, "malformed message header");
                 self.input(Input::MessageError { conn, error });
@@ -457,6 +476,7 @@ impl PeerTask {
             .updates_received
             .fetch_add(self.pending_updates.len() as u64, Ordering::Relaxed);
         let mut rib = lock(&self.shared.rib);
+        let mut trim_heap = false;
         for update in self.pending_updates.drain(..) {
             let stats = rib.apply(&update);
             if stats.treated_as_withdraw {
@@ -464,7 +484,12 @@ impl PeerTask {
             }
             if let Some(family) = stats.end_of_rib {
                 info!(peer = %self.config.address, %family, routes = rib.len(), "End-of-RIB received");
+                trim_heap = true;
             }
+        }
+        drop(rib);
+        if trim_heap {
+            release_free_memory();
         }
     }
 
@@ -486,6 +511,8 @@ impl PeerTask {
             return;
         };
         connection.ctx = negotiated.codec;
+        lock(&self.shared.rib).set_context(negotiated.codec);
+        let _ = connection.reader_ctx.send(Some(negotiated.codec));
         let local = connection.local;
         let mut capabilities = Vec::new();
         for family in negotiated.families.iter() {
@@ -547,6 +574,7 @@ impl PeerTask {
                 removed
             };
             info!(peer = %self.peer(), routes = removed, "routes of the session removed");
+            release_free_memory();
         }
         self.established = None;
         *lock(&self.shared.established_at) = None;
@@ -729,7 +757,12 @@ fn family_name(family: AfiSafi) -> &'static str {
 }
 
 /// Reads large chunks and forwards every run of complete messages as one `Bytes` (zero-copy split).
-async fn read_loop(conn: ConnId, mut read: OwnedReadHalf, events: mpsc::Sender<Event>) {
+async fn read_loop(
+    conn: ConnId,
+    mut read: OwnedReadHalf,
+    session_ctx: watch::Receiver<Option<CodecContext>>,
+    events: mpsc::Sender<Event>,
+) {
     // Framing accepts extended messages; the peer task rejects them if they were not negotiated.
     let framing = CodecContext {
         extended_message: true,
@@ -773,11 +806,48 @@ async fn read_loop(conn: ConnId, mut read: OwnedReadHalf, events: mpsc::Sender<E
         }
         if complete > 0 {
             let chunk = buf.split_to(complete).freeze();
-            if events.send(Event::Received { conn, chunk }).await.is_err() {
+            // Once Established, decode here so that decoding overlaps the session task's RIB writes.
+            let ctx = *session_ctx.borrow();
+            let event = match ctx {
+                Some(ctx) => Event::Decoded {
+                    conn,
+                    messages: decode_all(chunk, &ctx),
+                },
+                None => Event::Received { conn, chunk },
+            };
+            if events.send(event).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// Hands memory freed by a table load (decoded batches spread over the worker threads' malloc arenas,
+/// the hash tables' smaller predecessors) back to the kernel; glibc keeps it otherwise.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Decodes a run of complete messages, stopping after the first error (it resets the session).
+fn decode_all(mut chunk: Bytes, ctx: &CodecContext) -> Vec<Result<Message, MessageError>> {
+    let framing = CodecContext {
+        extended_message: true,
+        ..*ctx
+    };
+    let mut messages = Vec::new();
+    while let Ok(Some(len)) = message_length(&chunk, &framing) {
+        let message = decode_bytes(chunk.split_to(len), ctx);
+        let failed = message.is_err();
+        messages.push(message);
+        if failed {
+            break;
+        }
+    }
+    messages
 }
 
 /// Writes queued buffers; ends (shutting the socket down) when the queue is dropped or a write fails.

@@ -66,7 +66,7 @@ pub struct RouteView {
 
 impl RouteView {
     pub fn new(peer: IpAddr, route: &Route) -> RouteView {
-        let attrs = &route.attributes.attrs;
+        let attrs = &route.attrs;
         let mut as_path = String::new();
         for segment in attrs.as_path.iter().flat_map(|p| p.segments.iter()) {
             let (open, close) = match segment.kind {
@@ -153,7 +153,7 @@ mod tests {
         );
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_000_000)),
-            "2026-11-29T01:33:20Z"
+            "2026-11-30T00:53:20Z"
         );
     }
 }

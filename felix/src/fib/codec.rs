@@ -52,8 +52,12 @@ pub enum Reply {
     },
     /// A link (answer to [`encode_get_link`]).
     Link { ifindex: u32 },
-    /// The end of a dump.
-    Done { sequence: u32, interrupted: bool },
+    /// The end of a dump; `errno` non-zero if the dump failed (e.g. `ENOENT`: no such table).
+    Done {
+        sequence: u32,
+        interrupted: bool,
+        errno: i32,
+    },
     /// An ACK (`errno == 0`) or an error for the request with this sequence number.
     Ack(Ack),
     /// Anything else (ignored).
@@ -309,9 +313,10 @@ fn decode_reply(message: &[u8]) -> Result<Reply, String> {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Reply::Link {
             ifindex: link.header.index,
         },
-        NetlinkPayload::Done(_) => Reply::Done {
+        NetlinkPayload::Done(done) => Reply::Done {
             sequence,
             interrupted,
+            errno: done.code.saturating_abs(),
         },
         NetlinkPayload::Error(error) => {
             Reply::Ack(decode_ack(flags, error.raw_code(), &error.header)?)

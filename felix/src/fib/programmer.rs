@@ -135,9 +135,14 @@ impl FibProgrammer {
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(io("connect netlink socket to the kernel"))?;
-        // Errors carry only the request's header, plus the kernel's text for the error.
-        socket.set_cap_ack(true).map_err(io("NETLINK_CAP_ACK"))?;
-        socket.set_ext_ack(true).map_err(io("NETLINK_EXT_ACK"))?;
+        // Errors carry only the request's header (smaller replies), plus the kernel's text for the
+        // error. Both are optional: the codec reads errors with or without them.
+        if let Err(e) = socket.set_cap_ack(true) {
+            tracing::debug!(error = %e, "no NETLINK_CAP_ACK");
+        }
+        if let Err(e) = socket.set_ext_ack(true) {
+            tracing::debug!(error = %e, "no NETLINK_EXT_ACK");
+        }
         // Lets the kernel filter dumps by protocol and table (Linux >= 4.20); we filter again anyway.
         if let Err(e) = socket.set_netlink_get_strict_chk(true) {
             tracing::debug!(error = %e, "no NETLINK_GET_STRICT_CHK: dumps filtered in user space");
@@ -268,8 +273,26 @@ impl FibProgrammer {
                     Reply::Done {
                         sequence: seq,
                         interrupted: intr,
-                    } if seq == sequence => return Ok(interrupted || intr),
+                        errno,
+                    } if seq == sequence => {
+                        return match errno {
+                            0 => Ok(interrupted || intr),
+                            // A table that does not exist (yet) holds no routes.
+                            libc::ENOENT if table.is_some() => Ok(false),
+                            _ => Err(FibError::kernel(
+                                "route dump",
+                                Ack {
+                                    sequence,
+                                    errno,
+                                    message: None,
+                                },
+                            )),
+                        };
+                    }
                     Reply::Ack(ack) if ack.sequence == sequence && ack.errno != 0 => {
+                        if ack.errno == libc::ENOENT && table.is_some() {
+                            return Ok(false);
+                        }
                         return Err(FibError::kernel("route dump", ack));
                     }
                     _ => {}
