@@ -267,8 +267,15 @@ mod tests {
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
-        let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -276,13 +283,20 @@ mod tests {
     async fn admin_api_serves_peers_prefixes_routes_and_metrics() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("sub/reefd.sock");
-        let config = SpeakerConfig { router_id: "192.0.2.1".parse().unwrap(), local_as: 64512, listen: None };
+        let config = SpeakerConfig {
+            router_id: "192.0.2.1".parse().unwrap(),
+            local_as: 64512,
+            listen: None,
+        };
         let mut peer = PeerConfig::new("192.0.2.2".parse().unwrap(), 65001);
         peer.passive = true;
         let speaker = Arc::new(Speaker::start(config, vec![peer], vec![]).await.unwrap());
         let server = serve(&socket, speaker.clone()).await.unwrap();
 
-        assert_eq!(http(&socket, "GET", "/healthz", "").await, (200, "ok\n".into()));
+        assert_eq!(
+            http(&socket, "GET", "/healthz", "").await,
+            (200, "ok\n".into())
+        );
         let (status, body) = http(&socket, "GET", "/v1/bgp/peers", "").await;
         assert_eq!(status, 200);
         let peers: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -291,27 +305,78 @@ mod tests {
         assert_eq!(peers[0]["type"], "ebgp");
         assert_eq!(peers[0]["state"], "Active");
 
-        let (status, _) = http(&socket, "POST", "/v1/bgp/prefixes", r#"{"prefix":"10.65.0.0/26"}"#).await;
+        let (status, _) = http(
+            &socket,
+            "POST",
+            "/v1/bgp/prefixes",
+            r#"{"prefix":"10.65.0.0/26"}"#,
+        )
+        .await;
         assert_eq!(status, 200);
-        assert_eq!(speaker.prefixes(), ["10.65.0.0/26".parse::<IpNet>().unwrap()]);
-        let (status, body) = http(&socket, "POST", "/v1/bgp/prefixes", r#"{"prefix":"10.65.0.1/26"}"#).await;
+        assert_eq!(
+            speaker.prefixes(),
+            ["10.65.0.0/26".parse::<IpNet>().unwrap()]
+        );
+        let (status, body) = http(
+            &socket,
+            "POST",
+            "/v1/bgp/prefixes",
+            r#"{"prefix":"10.65.0.1/26"}"#,
+        )
+        .await;
         assert_eq!(status, 400);
         assert!(body.contains("host bits"), "{body}");
-        let (status, _) = http(&socket, "DELETE", "/v1/bgp/prefixes", r#"{"prefix":"10.65.0.0/26"}"#).await;
+        let (status, _) = http(
+            &socket,
+            "DELETE",
+            "/v1/bgp/prefixes",
+            r#"{"prefix":"10.65.0.0/26"}"#,
+        )
+        .await;
         assert_eq!(status, 200);
-        let (status, _) = http(&socket, "DELETE", "/v1/bgp/prefixes", r#"{"prefix":"10.65.0.0/26"}"#).await;
+        let (status, _) = http(
+            &socket,
+            "DELETE",
+            "/v1/bgp/prefixes",
+            r#"{"prefix":"10.65.0.0/26"}"#,
+        )
+        .await;
         assert_eq!(status, 404);
         assert!(speaker.prefixes().is_empty());
 
-        assert_eq!(http(&socket, "GET", "/v1/bgp/routes?peer=192.0.2.2", "").await, (200, "[]".into()));
-        assert_eq!(http(&socket, "GET", "/v1/bgp/routes?peer=192.0.2.9", "").await.0, 404);
-        assert_eq!(http(&socket, "POST", "/v1/bgp/peers/192.0.2.2/refresh", "").await.0, 409);
-        assert_eq!(http(&socket, "POST", "/v1/bgp/peers/192.0.2.9/refresh", "").await.0, 404);
+        assert_eq!(
+            http(&socket, "GET", "/v1/bgp/routes?peer=192.0.2.2", "").await,
+            (200, "[]".into())
+        );
+        assert_eq!(
+            http(&socket, "GET", "/v1/bgp/routes?peer=192.0.2.9", "")
+                .await
+                .0,
+            404
+        );
+        assert_eq!(
+            http(&socket, "POST", "/v1/bgp/peers/192.0.2.2/refresh", "")
+                .await
+                .0,
+            409
+        );
+        assert_eq!(
+            http(&socket, "POST", "/v1/bgp/peers/192.0.2.9/refresh", "")
+                .await
+                .0,
+            404
+        );
 
         let (status, metrics) = http(&socket, "GET", "/metrics", "").await;
         assert_eq!(status, 200);
-        assert!(metrics.contains("reef_bgp_sessions{state=\"Active\"} 1"), "{metrics}");
-        assert!(metrics.contains("reef_bgp_prefixes_received{peer=\"192.0.2.2\"} 0"), "{metrics}");
+        assert!(
+            metrics.contains("reef_bgp_sessions{state=\"Active\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("reef_bgp_prefixes_received{peer=\"192.0.2.2\"} 0"),
+            "{metrics}"
+        );
         server.abort();
         speaker.shutdown().await;
     }

@@ -334,7 +334,7 @@ async fn eight_processes_allocate_twenty_thousand_addresses_without_duplicates()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restart_during_allocations_leaves_no_duplicates_or_leaks() {
     const NODES: usize = 4;
-    const PER_NODE: usize = 400;
+    const PER_NODE: usize = 1_000;
     let mut etcd = EtcdServer::start().expect("start etcd");
     let endpoint = etcd.endpoint();
     let (datastore, ipam) = connect(&endpoint).await;

@@ -62,8 +62,9 @@ impl RouteAttrs {
     }
 }
 
-/// The configuration a daemon is started from. Sessions run over the link's IPv4 addresses and
-/// carry IPv4 and IPv6 unicast; IPv6 routes use the link's IPv6 address as next hop.
+/// The configuration a daemon is started from. Each session runs between the link addresses of the
+/// neighbor's family (IPv4 or IPv6) and carries IPv4 and IPv6 unicast; routes of each family use the
+/// link's address of that family as next hop.
 #[derive(Debug, Clone)]
 pub struct BgpConfig {
     pub router_id: Ipv4Addr,

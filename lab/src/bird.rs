@@ -177,7 +177,16 @@ fn render(dir: &std::path::Path, config: &BgpConfig, originated: &[IpNet]) -> St
         if n.passive {
             conf.push_str("  passive on;\n");
         }
-        conf.push_str("  ipv4 { import all; export all; gateway direct; };\n");
+        // Over an IPv6 session IPv4 routes need an IPv4 next hop set explicitly (and vice versa).
+        let v4_next_hop = if n.address.is_ipv6() {
+            format!(" next hop address {};", config.local_v4)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            conf,
+            "  ipv4 {{ import all; export all; gateway direct;{v4_next_hop} }};"
+        );
         let _ = writeln!(
             conf,
             "  ipv6 {{ import all; export all; gateway direct; next hop address {}; }};",

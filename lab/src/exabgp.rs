@@ -41,7 +41,7 @@ while True:
             os.write(1, line + b"\n")
 "#;
 
-/// An ExaBGP daemon. It listens on its IPv4 address too (`exabgp.tcp.bind`), so peers may connect.
+/// An ExaBGP daemon. It listens on its link addresses too (`exabgp.tcp.bind`), so peers may connect.
 pub struct ExaBgp {
     process: Process,
     config: BgpConfig,
@@ -203,10 +203,13 @@ fn spawn(ns: &Netns, dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> Re
             "exabgp.log.destination={}",
             dir.join("exabgp.log").display()
         ))
-        .arg(format!("exabgp.tcp.bind={}", config.local_v4))
+        .arg(format!(
+            "exabgp.tcp.bind={} {}",
+            config.local_v4, config.local_v6
+        ))
         .arg("exabgp.tcp.port=179")
         .arg("exabgp.api.ack=false")
-        .arg("exabgp.cli.enable=false")
+        .arg("exabgp.api.cli=false")
         .arg("exabgp")
         .arg(&conf);
     let mut process = Process::spawn("exabgp", cmd, &dir.join("exabgp.out"))?;

@@ -355,3 +355,21 @@ impl BgpDaemon for Frr {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_prefixes_of_a_routes_answer() {
+        let json = r#"{"vrfId":0,"routes":{"2001:db8:100::/48":[{"valid":true,"peerId":"198.18.0.1"}],
+            "10.1.0.0/24":[{"valid":true}]}}"#;
+        let got: Vec<String> = routes_of(json)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(got, ["10.1.0.0/24", "2001:db8:100::/48"]);
+        assert!(routes_of("{}").unwrap().is_empty());
+    }
+}

@@ -302,3 +302,17 @@ impl BgpDaemon for GoBgp {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_paths_from_the_peer() {
+        let rib = r#"{"10.1.0.0/24":[{"nlri":{"prefix":"10.1.0.0/24"},"attrs":[]}],
+            "10.2.0.0/24":[{"nlri":{"prefix":"10.2.0.0/24"},"neighbor-ip":"198.18.0.2"}],
+            "10.3.0.0/24":[{"nlri":{"prefix":"10.3.0.0/24"},"neighbor-ip":"198.18.0.9"}]}"#;
+        let got = routes_of(rib, "198.18.0.2".parse().unwrap()).unwrap();
+        assert_eq!(got, BTreeSet::from(["10.2.0.0/24".parse().unwrap()]));
+    }
+}

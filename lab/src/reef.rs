@@ -18,8 +18,8 @@ use crate::netns::Netns;
 use crate::process::Process;
 use crate::run::{binary, run_ok, wait_for};
 
-/// reefd in speaker mode. Every session also carries `nextHopV6` = the link's IPv6 address, so
-/// IPv6 routes over the IPv4 session get a usable next hop.
+/// reefd in speaker mode. Every session carries `nextHop` / `nextHopV6` = the link's addresses, so
+/// routes of the other family than the session's get a usable next hop.
 pub struct Reefd {
     process: Process,
     config: BgpConfig,
@@ -110,7 +110,10 @@ fn render(dir: &Path, config: &BgpConfig) -> String {
     let mut yaml = String::new();
     let _ = writeln!(yaml, "routerId: {}", config.router_id);
     let _ = writeln!(yaml, "asNumber: {}", config.local_as);
-    yaml.push_str("listen: { address: \"0.0.0.0\", port: 179 }\n");
+    // "::" accepts IPv4 and IPv6; IPv4-only labs keep the plain IPv4 listener.
+    let any_v6 = config.neighbors.iter().any(|n| n.address.is_ipv6());
+    let listen = if any_v6 { "::" } else { "0.0.0.0" };
+    let _ = writeln!(yaml, "listen: {{ address: \"{listen}\", port: 179 }}");
     let _ = writeln!(
         yaml,
         "admin: {{ socket: \"{}\" }}",
@@ -134,7 +137,11 @@ fn render(dir: &Path, config: &BgpConfig) -> String {
             "    holdTime: {}\n    keepaliveTime: {}\n    connectRetryTime: {}",
             config.hold_time, config.keepalive, config.connect_retry
         );
-        let _ = writeln!(yaml, "    nextHopV6: \"{}\"", config.local_v6);
+        let _ = writeln!(
+            yaml,
+            "    nextHop: \"{}\"\n    nextHopV6: \"{}\"",
+            config.local_v4, config.local_v6
+        );
         if let Some(key) = &n.password {
             let _ = writeln!(yaml, "    password: \"{key}\"");
         }

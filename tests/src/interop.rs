@@ -1,10 +1,10 @@
 //! Reef (`reefd`, speaker mode) peered with a reference daemon over one veth link, and the cases
 //! every daemon runs. Reef is AS 64512; the peer is AS 64512 (iBGP) or 4200000002 (eBGP, a 4-octet
-//! AS). Sessions run over IPv4 and carry IPv4 and IPv6 unicast. Short timers: hold 9 s (3 s in the
+//! AS). Sessions run over IPv4 (or IPv6, `Setup::ebgp_over_ipv6`) and carry IPv4 and IPv6 unicast. Short timers: hold 9 s (3 s in the
 //! hold-timer case), connect retry 1 s. Everything is removed on drop, also when a case panics.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -40,6 +40,8 @@ pub struct Setup {
     pub peer_password: Option<&'static str>,
     pub hold_time: u16,
     pub keepalive: u16,
+    /// The session runs over the link's IPv6 addresses (still carrying both families).
+    pub ipv6_session: bool,
 }
 
 impl Setup {
@@ -50,6 +52,14 @@ impl Setup {
             peer_password: None,
             hold_time: 9,
             keepalive: 3,
+            ipv6_session: false,
+        }
+    }
+
+    pub fn ebgp_over_ipv6() -> Setup {
+        Setup {
+            ipv6_session: true,
+            ..Setup::ebgp()
         }
     }
 
@@ -66,8 +76,11 @@ pub struct Pair {
     // Field order is drop order: the peer daemon first, then reefd.
     pub peer: Box<dyn BgpDaemon>,
     pub reef: Reefd,
+    /// Session addresses (IPv4, or IPv6 with `Setup::ipv6_session`).
     pub reef_addr: IpAddr,
     pub peer_addr: IpAddr,
+    /// The peer's IPv4 address on the link: the next hop of its IPv4 routes.
+    pub peer_v4: Ipv4Addr,
     pub setup: Setup,
 }
 
@@ -78,9 +91,14 @@ impl Pair {
         let peer_ns = Netns::new(kind.name()).unwrap();
         let link = veth(&reef_ns, &peer_ns).unwrap();
         let peer_as = if setup.ibgp { REEF_AS } else { PEER_EBGP_AS };
-        let mut reef_neighbor = Neighbor::new(link.b.v4.into(), peer_as);
+        let (reef_addr, peer_addr): (IpAddr, IpAddr) = if setup.ipv6_session {
+            (link.a.v6.into(), link.b.v6.into())
+        } else {
+            (link.a.v4.into(), link.b.v4.into())
+        };
+        let mut reef_neighbor = Neighbor::new(peer_addr, peer_as);
         reef_neighbor.password = setup.reef_password.map(str::to_string);
-        let mut peer_neighbor = Neighbor::new(link.a.v4.into(), REEF_AS);
+        let mut peer_neighbor = Neighbor::new(reef_addr, REEF_AS);
         peer_neighbor.password = setup.peer_password.map(str::to_string);
         let mut reef_config = BgpConfig::new(REEF_AS, &link.a)
             .neighbor(reef_neighbor)
@@ -99,8 +117,9 @@ impl Pair {
         Pair {
             peer,
             reef,
-            reef_addr: link.a.v4.into(),
-            peer_addr: link.b.v4.into(),
+            reef_addr,
+            peer_addr,
+            peer_v4: link.b.v4,
             setup,
         }
     }
@@ -205,7 +224,7 @@ pub fn routes(kind: DaemonKind, setup: Setup) {
         PEER_EBGP_AS.to_string()
     };
     assert_eq!(text(v4, "asPath"), expected_path, "{v4}");
-    assert_eq!(text(v4, "nextHop"), pair.peer_addr.to_string(), "{v4}");
+    assert_eq!(text(v4, "nextHop"), pair.peer_v4.to_string(), "{v4}");
     let status = pair.reef_status();
     assert_eq!(
         text(&status, "type"),

@@ -8,6 +8,7 @@ reef_tests::interop_tests!(
     [
         routes_ebgp(Setup::ebgp()),
         routes_ibgp(Setup::ibgp()),
+        routes_ebgp_over_ipv6(Setup::ebgp_over_ipv6()),
         md5_right_key,
         md5_wrong_key,
         frozen_peer,

@@ -3,6 +3,10 @@
 //! releases/s, compare-and-swap conflicts retried per allocation, and duplicates (must be 0).
 //!
 //! `cargo run --release -p reef-bench --bin ipam_alloc -- [--per-allocator N] [--allocators 1,8]`
+//!
+//! Each assignment is two fsync'd etcd writes in sequence (handle, then block, as Calico orders them), so the
+//! rate follows the disk's fsync latency; etcd keeps its data under `$TMPDIR` (e.g. `TMPDIR=/dev/shm` to
+//! measure without the disk).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -127,8 +131,9 @@ async fn main() -> anyhow::Result<()> {
         .create(&IPPool::new("bench", spec))
         .await?;
     println!(
-        "IPAM allocation against etcd {} (one address per call, /26 blocks)",
-        etcd.endpoint()
+        "IPAM allocation against etcd {} with its data in {} (one address per call, /26 blocks)",
+        etcd.endpoint(),
+        std::env::temp_dir().display()
     );
     println!(
         "{:>10} {:>10} {:>12} {:>12} {:>16} {:>11}",
