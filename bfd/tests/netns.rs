@@ -20,6 +20,15 @@ const UP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Generous sanity bound on detection with 300 ms x 3 (0.9 s nominal): not a performance check.
 const DETECTION_SANITY: Duration = Duration::from_secs(5);
 
+/// Moves the calling thread (only it) into the namespace `name`.
+fn enter_netns(name: &str) {
+    let path = PathBuf::from("/run/netns").join(name);
+    let file = File::open(&path).expect("namespace file of a namespace we created");
+    // SAFETY: setns(2) on this thread only, with an open namespace file descriptor.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
 /// A Reef BFD driver running on a thread that entered a namespace, with its own tokio runtime, so
 /// its sockets live in that namespace. Dropping it stops the runtime and joins the thread.
 struct NsBfd {
@@ -30,14 +39,11 @@ struct NsBfd {
 
 impl NsBfd {
     fn start(ns: &Netns) -> NsBfd {
-        let path = PathBuf::from("/run/netns").join(ns.name());
+        let name = ns.name().to_string();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let file = File::open(&path).expect("namespace file of a namespace we created");
-            // SAFETY: setns(2) on this thread only, with an open namespace file descriptor.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            enter_netns(&name);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -436,4 +442,71 @@ fn removed_session_signals_admin_down_to_the_peer() {
             State::AdminDown
         )
     );
+}
+
+/// RFC 5881 §5 on real sockets: a Down packet that arrives with TTL 64 is ignored (the session
+/// neither moves to Init nor learns the sender's discriminator); the same packet with TTL 255 moves
+/// it to Init.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn gtsm_ignores_packets_with_ttl_below_255() {
+    require_root();
+    let ns_a = Netns::new("bfdta").expect("netns");
+    let ns_b = Netns::new("bfdtb").expect("netns");
+    let link = veth(&ns_a, &ns_b).expect("veth");
+    let a = NsBfd::start(&ns_a);
+    let rt = runtime();
+    let key = SessionKey {
+        peer: link.b.v4.into(),
+        local: link.a.v4.into(),
+    };
+    let mut status = rt
+        .block_on(a.bfd.add_session(key, SessionConfig::default()))
+        .expect("add");
+    let down = reef_bfd::ControlPacket {
+        diag: Diagnostic::None,
+        state: State::Down,
+        flags: reef_bfd::packet::Flags::default(),
+        detect_mult: 3,
+        my_discriminator: 0x4242,
+        your_discriminator: 0,
+        desired_min_tx_us: 1_000_000,
+        required_min_rx_us: 300_000,
+        required_min_echo_rx_us: 0,
+        auth: None,
+    };
+    let bytes = reef_bfd::encode(&down).expect("encode");
+    let target = std::net::SocketAddr::new(link.a.v4.into(), reef_bfd::CONTROL_PORT);
+    let ns_b_name = ns_b.name().to_string();
+    let send_with_ttl = |ttl: u32| {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    enter_netns(&ns_b_name);
+                    let socket = std::net::UdpSocket::bind((link.b.v4, 49200)).expect("bind");
+                    socket.set_ttl(ttl).expect("ttl");
+                    for _ in 0..5 {
+                        socket.send_to(&bytes, target).expect("send");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                })
+                .join()
+                .expect("sender thread");
+        });
+    };
+    send_with_ttl(64);
+    // The five packets went out over 250 ms; give the receiver the same again.
+    std::thread::sleep(Duration::from_millis(250));
+    let ignored = status.borrow().clone();
+    assert_eq!(
+        (ignored.state, ignored.remote_discriminator),
+        (State::Down, 0),
+        "a TTL 64 packet was accepted: {ignored:?}"
+    );
+    send_with_ttl(255);
+    let init = wait_status(&rt, &mut status, Duration::from_secs(5), |s| {
+        s.state == State::Init
+    })
+    .expect("the TTL 255 packet moves the session to Init");
+    assert_eq!(init.remote_discriminator, 0x4242);
 }

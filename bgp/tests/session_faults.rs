@@ -103,3 +103,30 @@ async fn wrong_md5_key_never_comes_up_and_says_why() {
         status(&b, A)
     );
 }
+
+#[tokio::test]
+async fn gtsm_on_both_sides_comes_up() {
+    let (a, b) = pair(AS_B, &["10.65.0.0/26"], &[], |peer, _| {
+        peer.ttl_security = Some(1)
+    })
+    .await;
+    wait_established(&b, A).await;
+    wait_prefixes(&b, A, &["10.65.0.0/26"]).await;
+    assert_eq!(status(&a, B).ttl_security, Some(1));
+}
+
+#[tokio::test]
+async fn gtsm_drops_a_peer_that_sends_ttl_1() {
+    // A requires TTL 255 (1 hop); B is single-hop eBGP without GTSM and answers with TTL 1.
+    let (a, b) = pair(AS_B, &[], &[], |peer, is_a| {
+        peer.ttl_security = is_a.then_some(1);
+        peer.passive = !is_a;
+    })
+    .await;
+    let hint = eventually(15, || {
+        Some(status(&a, B).info).filter(|info| info.contains("no response to SYN/OPEN"))
+    })
+    .await;
+    assert!(hint.is_some(), "{:?}", status(&a, B));
+    assert_ne!(status(&b, A).state, "Established");
+}

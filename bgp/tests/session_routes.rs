@@ -114,3 +114,28 @@ async fn route_refresh_is_answered_with_the_adj_rib_out() {
     assert_eq!(prefixes(&a, B), ["10.66.0.0/24", "10.66.1.0/24"]);
     drop(b);
 }
+
+#[tokio::test]
+async fn ipv6_session_exchanges_ipv6_routes_with_the_session_address_as_next_hop() {
+    let v6: IpAddr = "::1".parse().unwrap();
+    let a = speaker(
+        v6,
+        "10.0.0.1".parse().unwrap(),
+        AS_A,
+        &["fd00:65::/122", "10.65.0.0/26"],
+    )
+    .await;
+    let b = speaker(v6, "10.0.0.2".parse().unwrap(), AS_B, &[]).await;
+    let (port_a, port_b) = (
+        a.listen_addr().unwrap().port(),
+        b.listen_addr().unwrap().port(),
+    );
+    a.add_peer(peer_to(v6, port_b, AS_B, v6)).unwrap();
+    b.add_peer(peer_to(v6, port_a, AS_A, v6)).unwrap();
+    wait_established(&b, v6).await;
+    // IPv4 prefixes need an IPv4 next hop, which an IPv6 session has only when configured.
+    wait_prefixes(&b, v6, &["fd00:65::/122"]).await;
+    let route = routes(&b, v6).remove(0);
+    assert_eq!(route.next_hop, Some(v6));
+    assert_eq!(status(&a, v6).prefixes_advertised, 1);
+}
