@@ -294,16 +294,16 @@ impl Driver {
                 local: key.local,
             });
         }
+        let entry = match self.sessions.entry(key) {
+            Entry::Occupied(existing) => return Ok(existing.get().status.clone()),
+            Entry::Vacant(vacant) => vacant,
+        };
         let discriminator = loop {
             // Nonzero and unique (§6.8.1); a collision among 2^32 values is rare, so this ends.
             let candidate = random_u64() as u32;
             if candidate != 0 && !self.by_discriminator.contains_key(&candidate) {
                 break candidate;
             }
-        };
-        let entry = match self.sessions.entry(key) {
-            Entry::Occupied(existing) => return Ok(existing.get().status.clone()),
-            Entry::Vacant(vacant) => vacant,
         };
         let socket = send_socket(key.local).map_err(|source| BfdError::Socket {
             what: "send",

@@ -371,6 +371,34 @@ mod tests {
         assert_eq!(encode(&frr_up()).unwrap(), FRR_UP);
     }
 
+    /// FRR 8.4.4 bfdd's first packet to a new peer, captured with tcpdump in a lab namespace: Down,
+    /// Your Discriminator 0, slow start (1 s TX and RX), echo 50 ms.
+    const FRR_DOWN_CAPTURED: [u8; 24] = [
+        0x20, 0x40, 0x03, 0x18, 0xaa, 0x0c, 0x7c, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0f, 0x42,
+        0x40, 0x00, 0x0f, 0x42, 0x40, 0x00, 0x00, 0xc3, 0x50,
+    ];
+
+    #[test]
+    fn captured_frr_down_packet() {
+        let packet = decode(&FRR_DOWN_CAPTURED).unwrap();
+        assert_eq!(
+            packet,
+            ControlPacket {
+                diag: Diagnostic::None,
+                state: State::Down,
+                flags: Flags::default(),
+                detect_mult: 3,
+                my_discriminator: 0xaa0c_7c01,
+                your_discriminator: 0,
+                desired_min_tx_us: 1_000_000,
+                required_min_rx_us: 1_000_000,
+                required_min_echo_rx_us: 50_000,
+                auth: None,
+            }
+        );
+        assert_eq!(encode(&packet).unwrap(), FRR_DOWN_CAPTURED);
+    }
+
     #[test]
     fn down_with_detection_expired_and_poll() {
         let bytes = [

@@ -14,8 +14,10 @@
 //! - Every other loss of a connection goes to Idle and restarts after the IdleHold time, which doubles
 //!   with each consecutive failure up to a cap and is reset once a session stayed Established for
 //!   `stable_time` ("back off after repeated OPEN rejections").
-//! - Inbound connections are refused in Idle (RFC 4271 §8.2.2), accepted in every other state; in
-//!   Established a new connection loses the collision at once.
+//! - Inbound connections are refused while stopped; after a failure (Idle, IdleHold running) they are
+//!   accepted, unlike RFC 4271 §8.2.2: the back-off limits our own attempts, and refusing a peer that
+//!   retries on its own timer only delays convergence. In Established a new connection loses the
+//!   collision at once.
 //! - DelayOpen is not implemented (the OPEN is sent as soon as the connection is up).
 
 use std::fmt;
@@ -463,7 +465,7 @@ impl Session {
     }
 
     fn inbound_connected(&mut self, conn: ConnId, out: &mut Vec<Output>) {
-        if !self.started || self.phase == State::Idle || self.conns.len() >= 2 {
+        if !self.started || self.conns.len() >= 2 {
             out.push(Output::CloseConnection { conn });
             return;
         }
@@ -478,10 +480,19 @@ impl Session {
             out.push(Output::CloseConnection { conn });
             return;
         }
-        // The peer reached us first: our own attempt would only collide.
+        // The peer reached us first: our own attempt would only collide. In Idle (IdleHold running
+        // after a failure) the peer's initiative is accepted: the back-off limits our attempts only.
         if self.conns.is_empty() {
             self.abort_connect(out);
             out.push(Output::StopTimer(Timer::ConnectRetry));
+            if self.phase == State::Idle {
+                out.push(Output::StopTimer(Timer::IdleHold));
+                self.phase = if self.config.passive {
+                    State::Active
+                } else {
+                    State::Connect
+                };
+            }
         }
         self.open_connection(conn, Direction::Inbound, out);
     }
@@ -1377,11 +1388,22 @@ mod tests {
     }
 
     #[test]
-    fn inbound_connection_in_idle_is_refused() {
+    fn inbound_connection_is_refused_while_stopped_and_accepted_during_idle_hold() {
         let mut h = Harness::new(config());
         let out = h.run(Input::TcpConnectionConfirmed { conn: 3 });
         assert!(closed(&out, 3));
         assert!(sent(&out, 3).is_empty());
+        // After a failure the session waits in Idle; the peer's connection is taken.
+        let mut h = Harness::established(config());
+        h.run(Input::TimerExpired(Timer::Hold));
+        assert_eq!(h.session.state(), State::Idle);
+        let out = h.run(Input::TcpConnectionConfirmed { conn: 4 });
+        assert!(matches!(sent(&out, 4).as_slice(), [Message::Open(_)]));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::StopTimer(Timer::IdleHold)))
+        );
+        assert_eq!(h.session.state(), State::OpenSent);
     }
 
     #[test]

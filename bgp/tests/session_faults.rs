@@ -123,10 +123,14 @@ async fn gtsm_drops_a_peer_that_sends_ttl_1() {
         peer.passive = !is_a;
     })
     .await;
-    let hint = eventually(15, || {
-        Some(status(&a, B).info).filter(|info| info.contains("no response to SYN/OPEN"))
+    // A's connect succeeds (the SYN-ACK leaves B's listener with TTL 255), but B's OPEN arrives with
+    // TTL 1 and is dropped: A waits in OpenSent and never reaches Established.
+    let waiting = eventually(10, || {
+        Some(status(&a, B).info).filter(|info| info.contains("waiting for the peer's OPEN"))
     })
     .await;
-    assert!(hint.is_some(), "{:?}", status(&a, B));
+    assert!(waiting.is_some(), "{:?}", status(&a, B));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status(&a, B).state, "OpenSent");
     assert_ne!(status(&b, A).state, "Established");
 }

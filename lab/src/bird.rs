@@ -74,8 +74,7 @@ impl Bird {
 }
 
 fn birdc(socket: &std::path::Path, args: &[&str]) -> Result<String> {
-    let out = run_ok(Command::new("birdc").arg("-s").arg(socket).args(args))?;
-    Ok(out)
+    run_ok(Command::new("birdc").arg("-s").arg(socket).args(args))
 }
 
 fn spawn(

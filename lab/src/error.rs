@@ -45,7 +45,6 @@ impl LabError {
         }
     }
 
-    #[allow(dead_code)] // used by the daemon launchers
     pub(crate) fn parse(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         LabError::Parse {
             what: what.into(),

@@ -1,5 +1,6 @@
 //! reef-lab: the test lab. Network namespaces and veth links with unique names that are removed on drop,
-//! and the real daemons (BIRD, FRR, GoBGP, ExaBGP, etcd) started inside them and stopped by pid.
+//! and the real daemons (BIRD, FRR, GoBGP, ExaBGP, etcd, and Reef's own reefd) started inside them and
+//! stopped by pid. The BGP daemons share one config type and one trait ([`BgpDaemon`]).
 //!
 //! Nothing is ever created in the root namespace: links are made inside a namespace of ours
 //! (`ip -n NS link add ... peer ... netns OTHER`), daemons run under `ip netns exec`.

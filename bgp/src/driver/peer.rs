@@ -301,6 +301,10 @@ impl PeerTask {
                 "no response to SYN/OPEN after {timeouts} connect attempts; check reachability, \
                  ttlSecurity/multihop and the TCP MD5 password on both sides"
             )
+        } else if self.session.state() == State::OpenSent {
+            "connected; waiting for the peer's OPEN (a peer that does not know us, or whose packets \
+             fail ttlSecurity, stays silent)"
+                .to_string()
         } else if let Some(error) = &self.last_connect_error {
             format!("connect: {error}")
         } else if let Some(error) = &status.last_error {

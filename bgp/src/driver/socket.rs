@@ -231,6 +231,17 @@ pub fn listen_socket(addr: SocketAddr, md5_keys: &[(IpAddr, String)]) -> io::Res
         )?;
     }
     socket.bind(addr)?;
+    // The SYN-ACK leaves with the listener's TTL: 255, so that peers using GTSM accept it (the TTL of
+    // each session is set on the accepted socket).
+    let gtsm = SocketOptions {
+        ttl: 255,
+        ..SocketOptions::default()
+    };
+    set_ttl_options(socket.as_raw_fd(), addr.is_ipv6(), &gtsm)?;
+    if addr.is_ipv6() {
+        // Dual-stack: IPv4 SYN-ACKs use the IPv4 option.
+        set_ttl_options(socket.as_raw_fd(), false, &gtsm)?;
+    }
     for (peer, key) in md5_keys {
         if addr.is_ipv4() && peer.is_ipv6() {
             continue;
