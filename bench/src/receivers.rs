@@ -16,8 +16,9 @@ use reef_lab::{Netns, Process, run_bounded};
 
 use crate::procfs::Memory;
 
-/// Time bound of one probe (a `vtysh`/`gobgp` command, a control-socket query).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time bound of one probe (a `vtysh`/`gobgp` command, a control-socket query). Generous: gobgpd answers
+/// its API only after seconds while it ingests, and a probe killed and sent again costs it more work.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The gRPC port of gobgpd, on the loopback of its own namespace.
 const GOBGP_API_PORT: u16 = 50051;
 

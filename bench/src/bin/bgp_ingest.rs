@@ -126,7 +126,9 @@ fn main() -> Result<()> {
         print!("{}", report.table());
     }
     if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted");
+        eprintln!("interrupted");
+        // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
+        std::process::exit(130);
     }
     Ok(())
 }

@@ -17,13 +17,18 @@ pub fn net(s: &str) -> IpNet {
     s.parse().expect("test prefix literal")
 }
 
-/// Starts a speaker listening on `address` with a free port and no peers yet.
+/// Starts a speaker listening on `address` with a free port and no peers yet. `RUST_LOG=debug` shows
+/// the sessions' logs.
 pub async fn speaker(
     address: IpAddr,
     router_id: Ipv4Addr,
     local_as: u32,
     prefixes: &[&str],
 ) -> Speaker {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let config = SpeakerConfig {
         router_id,
         local_as,
