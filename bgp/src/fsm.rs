@@ -480,19 +480,17 @@ impl Session {
             out.push(Output::CloseConnection { conn });
             return;
         }
-        // The peer reached us first: our own attempt would only collide. In Idle (IdleHold running
-        // after a failure) the peer's initiative is accepted: the back-off limits our attempts only.
-        if self.conns.is_empty() {
-            self.abort_connect(out);
-            out.push(Output::StopTimer(Timer::ConnectRetry));
-            if self.phase == State::Idle {
-                out.push(Output::StopTimer(Timer::IdleHold));
-                self.phase = if self.config.passive {
-                    State::Active
-                } else {
-                    State::Connect
-                };
-            }
+        // Our own connect attempt, if any, goes on: if both complete, collision detection picks one
+        // (abandoning it in favour of the peer's connection fails when the peer does the same). In
+        // Idle (IdleHold running after a failure) the peer's initiative is accepted: the back-off
+        // limits our own attempts only.
+        if self.conns.is_empty() && self.phase == State::Idle {
+            out.push(Output::StopTimer(Timer::IdleHold));
+            self.phase = if self.config.passive {
+                State::Active
+            } else {
+                State::Connect
+            };
         }
         self.open_connection(conn, Direction::Inbound, out);
     }
@@ -1457,12 +1455,20 @@ mod tests {
     }
 
     #[test]
-    fn late_result_of_an_abandoned_connect_is_closed() {
+    fn our_connect_goes_on_after_an_inbound_connection_and_late_results_are_closed() {
         let mut h = Harness::new(config());
         h.run(Input::ManualStart);
-        h.run(Input::TcpConnectionConfirmed { conn: 2 });
+        let out = h.run(Input::TcpConnectionConfirmed { conn: 2 });
+        assert!(!out.iter().any(|o| matches!(o, Output::AbortConnect)));
+        // Both connections get an OPEN; the peer's OPEN will resolve the collision.
         let out = h.run(Input::TcpConnectionAcknowledged { conn: 1 });
-        assert!(closed(&out, 1) && sent(&out, 1).is_empty());
+        assert!(matches!(sent(&out, 1).as_slice(), [Message::Open(_)]));
+        h.receive(2, Message::Open(open(PEER_AS, 9, HIGHER_ID)));
+        let out = h.receive(2, Message::Keepalive);
+        assert!(negotiated(&out).is_some());
+        // A connect result after Established is closed unused.
+        let out = h.run(Input::TcpConnectionAcknowledged { conn: 3 });
+        assert!(closed(&out, 3) && sent(&out, 3).is_empty());
     }
 
     #[test]

@@ -6,7 +6,11 @@ mod ipam;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "reefctl", version, about = "Inspect and manage Reef: BGP sessions, routes and IPAM")]
+#[command(
+    name = "reefctl",
+    version,
+    about = "Inspect and manage Reef: BGP sessions, routes and IPAM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
