@@ -126,7 +126,13 @@ impl AttributeSet {
             message.put_u8(0); // 0.0.0.0/0
         }
         match decode_bytes(message.freeze(), &ctx) {
-            Ok(Message::Update(update)) => update.attributes,
+            Ok(Message::Update(mut update)) => {
+                if !ctx.four_octet_as {
+                    // RFC 6793 §4.2.3: a 2-octet speaker's path is AS_PATH merged with AS4_PATH.
+                    update.attributes.merge_as4();
+                }
+                update.attributes
+            }
             _ => PathAttributes::default(),
         }
     }
@@ -252,6 +258,8 @@ pub struct ApplyStats {
     pub treated_as_withdraw: bool,
     /// The UPDATE was an End-of-RIB marker of this family.
     pub end_of_rib: Option<AfiSafi>,
+    /// Announcements dropped because their AS_PATH holds our AS.
+    pub looped: usize,
 }
 
 /// One peer's Adj-RIB-In.
@@ -263,6 +271,8 @@ pub struct AdjRibIn {
     end_of_rib: AfiSafiSet,
     /// The session's codec context, to decode stored attribute sets.
     context: CodecContext,
+    /// Our AS on this session: routes whose AS_PATH holds it are loops and are not kept.
+    local_as: Option<u32>,
 }
 
 fn key_v4(net: Ipv4Net, path_id: Option<u32>) -> KeyV4 {
@@ -286,6 +296,16 @@ impl AdjRibIn {
         AdjRibIn::default()
     }
 
+    /// A table that drops looped routes: RFC 4271 §9.1.2 excludes a route whose AS_PATH contains our
+    /// own AS, and like BIRD and FRR we drop it on input (a peer that sends our routes back is common
+    /// on eBGP, and the route must never be used).
+    pub fn with_local_as(local_as: u32) -> AdjRibIn {
+        AdjRibIn {
+            local_as: Some(local_as),
+            ..AdjRibIn::default()
+        }
+    }
+
     /// Number of routes (prefix + path id).
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
@@ -305,9 +325,25 @@ impl AdjRibIn {
         self.end_of_rib
     }
 
-    /// Removes everything (the session went down).
+    /// Removes every route (the session went down); the loop check stays.
     pub fn clear(&mut self) {
-        *self = AdjRibIn::default();
+        *self = AdjRibIn {
+            local_as: self.local_as,
+            ..AdjRibIn::default()
+        };
+    }
+
+    /// Whether the UPDATE's AS path holds our AS. From a 2-octet speaker our 4-octet AS shows as
+    /// AS_TRANS in AS_PATH and in full in AS4_PATH, so both are looked at.
+    fn is_loop(&self, update: &Update) -> bool {
+        let Some(local_as) = self.local_as else {
+            return false;
+        };
+        let attributes = &update.attributes;
+        [&attributes.as_path, &attributes.as4_path]
+            .into_iter()
+            .flatten()
+            .any(|path| path.contains(local_as))
     }
 
     /// Sets the codec context of the session the routes come from (stored sets decode under it).
@@ -335,6 +371,15 @@ impl AdjRibIn {
         }
         // The codec has already moved the NLRI of a treat-as-withdraw UPDATE to the withdrawals.
         stats.treated_as_withdraw = update.treat_as_withdraw;
+        if self.is_loop(update) {
+            // A looped announcement still replaces what the peer sent before for these prefixes.
+            let mp_nlri = update.mp_reach.iter().flat_map(|mp| mp.nlri.iter());
+            for nlri in update.nlri.iter().chain(mp_nlri) {
+                stats.withdrawn += usize::from(self.remove(nlri));
+                stats.looped += 1;
+            }
+            return stats;
+        }
         if !update.nlri.is_empty() {
             let next_hop = update.attributes.next_hop.map(NextHop::V4);
             let id = self.attrs.intern(&update.raw_attributes, next_hop);
@@ -492,6 +537,51 @@ mod tests {
         let next_hop = NextHop::V4(Ipv4Addr::new(192, 0, 2, 1));
         let mut updates = Update::announce(&attrs(med), next_hop, &nlri(prefixes), &ctx).unwrap();
         received(updates.remove(0))
+    }
+
+    #[test]
+    fn routes_holding_our_as_are_dropped_and_replace_earlier_ones() {
+        // attrs() carries AS_PATH 65001: from our side that is the peer's AS, a normal route.
+        let mut rib = AdjRibIn::with_local_as(64512);
+        rib.set_context(CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        });
+        rib.apply(&announce(1, &["10.0.0.0/24", "10.0.1.0/24"]));
+        assert_eq!(rib.len(), 2);
+
+        let mut looped = attrs(1);
+        looped.as_path = Some(AsPath::from_sequence(vec![65001, 64512]));
+        let next_hop = NextHop::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let mut updates = Update::announce(
+            &looped,
+            next_hop,
+            &nlri(&["10.0.0.0/24", "10.0.9.0/24"]),
+            &ctx,
+        )
+        .unwrap();
+        let stats = rib.apply(&received(updates.remove(0)));
+        assert_eq!(stats.looped, 2);
+        assert_eq!(stats.announced, 0);
+        assert_eq!(
+            stats.withdrawn, 1,
+            "the looped path replaced the earlier route"
+        );
+        assert!(rib.get("10.0.0.0/24".parse().unwrap()).is_none());
+        assert!(rib.get("10.0.9.0/24".parse().unwrap()).is_none());
+        assert!(rib.get("10.0.1.0/24".parse().unwrap()).is_some());
+
+        rib.clear();
+        let stats = rib.apply(&received(
+            Update::announce(&looped, next_hop, &nlri(&["10.0.5.0/24"]), &ctx)
+                .unwrap()
+                .remove(0),
+        ));
+        assert_eq!(stats.looped, 1, "the loop check survives a session reset");
     }
 
     #[test]

@@ -209,19 +209,11 @@ impl BgpDaemon for Reefd {
         Ok(self.peer(peer)?.get("state").and_then(Value::as_str) == Some("Established"))
     }
 
-    /// The routes from `peer` Reef can use: its Adj-RIB-In without paths that carry Reef's own AS
-    /// (RFC 4271 §9.1.2 excludes AS-path loops from the decision process; FRR sends our own
-    /// prefixes back over eBGP, and reefd lists them in its Adj-RIB-In).
+    /// The routes from `peer` in Reef's Adj-RIB-In. reefd drops looped paths on input (RFC 4271
+    /// §9.1.2), so FRR sending our own prefixes back over eBGP shows up here as a wrong set.
     fn routes_from(&self, peer: IpAddr) -> Result<BTreeSet<IpNet>> {
-        let local_as = self.config.local_as.to_string();
         self.routes_json(peer)?
             .iter()
-            .filter(|r| {
-                let path = r.get("asPath").and_then(Value::as_str).unwrap_or_default();
-                !path
-                    .split(|c: char| c.is_whitespace() || c == '{' || c == '}')
-                    .any(|asn| asn == local_as)
-            })
             .map(|r| parse_prefix(r.get("prefix").and_then(Value::as_str).unwrap_or_default()))
             .collect()
     }

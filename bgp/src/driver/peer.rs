@@ -159,7 +159,7 @@ pub(super) fn spawn(
         info: String::new(),
     };
     let shared = Arc::new(PeerShared {
-        rib: Arc::new(Mutex::new(AdjRibIn::new())),
+        rib: Arc::new(Mutex::new(AdjRibIn::with_local_as(local_as))),
         status: Mutex::new(status),
         established_at: Mutex::new(None),
         updates_received: AtomicU64::new(0),
