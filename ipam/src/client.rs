@@ -935,49 +935,39 @@ impl Ipam {
         cidr: IpNet,
         requests: &[ReleaseRequest],
     ) -> Result<Vec<ReleaseOutcome>, IpamError> {
-        for attempt in 0..MAX_ATTEMPTS {
-            let Some(cached) = self.read_block(cidr).await? else {
-                return Ok(requests
+        let released = self
+            .update_block(cidr, "releasing addresses", |block| {
+                let (next, outcomes) = block.release(requests)?;
+                if outcomes
                     .iter()
-                    .map(|r| ReleaseOutcome::NotAllocated { ip: r.ip })
-                    .collect());
-            };
-            let (next, outcomes) = cached.block.release(requests)?;
-            let mut per_handle: BTreeMap<String, i64> = BTreeMap::new();
-            for outcome in &outcomes {
-                if let ReleaseOutcome::Released {
-                    handle_id: Some(h), ..
-                } = outcome
+                    .any(|o| matches!(o, ReleaseOutcome::Released { .. }))
                 {
-                    *per_handle.entry(h.clone()).or_default() += 1;
+                    Ok(BlockStep::Write(next, outcomes))
+                } else {
+                    Ok(BlockStep::Done(outcomes))
                 }
-            }
-            if !outcomes
+            })
+            .await?;
+        let Some(outcomes) = released else {
+            return Ok(requests
                 .iter()
-                .any(|o| matches!(o, ReleaseOutcome::Released { .. }))
+                .map(|r| ReleaseOutcome::NotAllocated { ip: r.ip })
+                .collect());
+        };
+        // Only `Released` outcomes count, and those exist only when the block was written.
+        let mut per_handle: BTreeMap<String, i64> = BTreeMap::new();
+        for outcome in &outcomes {
+            if let ReleaseOutcome::Released {
+                handle_id: Some(h), ..
+            } = outcome
             {
-                return Ok(outcomes);
-            }
-            match self.blocks.update(&store_block(&cached.obj, &next)).await {
-                Ok(stored) => {
-                    self.cache_block(stored, next);
-                    for (handle, count) in per_handle {
-                        self.change_handle(&handle, cidr, -count).await?;
-                    }
-                    return Ok(outcomes);
-                }
-                Err(StoreError::Conflict | StoreError::NotFound) => {
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    self.evict_block(cidr);
-                    backoff(attempt).await;
-                }
-                Err(e) => {
-                    self.evict_block(cidr);
-                    return Err(e.into());
-                }
+                *per_handle.entry(h.clone()).or_default() += 1;
             }
         }
-        Err(too_many("releasing addresses", MAX_ATTEMPTS))
+        for (handle, count) in per_handle {
+            self.change_handle(&handle, cidr, -count).await?;
+        }
+        Ok(outcomes)
     }
 
     async fn release_handle_in_block(
@@ -985,18 +975,39 @@ impl Ipam {
         cidr: IpNet,
         handle_id: &str,
     ) -> Result<Vec<IpAddr>, IpamError> {
+        let released = self
+            .update_block(cidr, "releasing a handle's addresses", |block| {
+                let (next, ips) = block.release_by_handle(handle_id);
+                Ok(if ips.is_empty() {
+                    BlockStep::Done(ips)
+                } else {
+                    BlockStep::Write(next, ips)
+                })
+            })
+            .await?;
+        Ok(released.unwrap_or_default())
+    }
+
+    /// Compare-and-swap one block: `step` computes its next state from the current one, and runs again on a
+    /// fresh read after a conflicting write. `None` when the block does not exist.
+    async fn update_block<T>(
+        &self,
+        cidr: IpNet,
+        operation: &str,
+        mut step: impl FnMut(&Block) -> Result<BlockStep<T>, IpamError>,
+    ) -> Result<Option<T>, IpamError> {
         for attempt in 0..MAX_ATTEMPTS {
             let Some(cached) = self.read_block(cidr).await? else {
-                return Ok(Vec::new());
+                return Ok(None);
             };
-            let (next, ips) = cached.block.release_by_handle(handle_id);
-            if ips.is_empty() {
-                return Ok(ips);
-            }
+            let (next, value) = match step(&cached.block)? {
+                BlockStep::Done(value) => return Ok(Some(value)),
+                BlockStep::Write(next, value) => (next, value),
+            };
             match self.blocks.update(&store_block(&cached.obj, &next)).await {
                 Ok(stored) => {
                     self.cache_block(stored, next);
-                    return Ok(ips);
+                    return Ok(Some(value));
                 }
                 Err(StoreError::Conflict | StoreError::NotFound) => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -1009,7 +1020,7 @@ impl Ipam {
                 }
             }
         }
-        Err(too_many("releasing a handle's addresses", MAX_ATTEMPTS))
+        Err(too_many(operation, MAX_ATTEMPTS))
     }
 
     /// Claim the first free block of the candidate pools in the node's walk order.
@@ -1139,6 +1150,14 @@ fn candidate_pools(
         )));
     }
     Ok(chosen)
+}
+
+/// What one compare-and-swap step on a block decided.
+enum BlockStep<T> {
+    /// Nothing to write: the operation is done with this result.
+    Done(T),
+    /// Write this next state of the block; once stored, the operation is done with this result.
+    Write(Block, T),
 }
 
 fn too_many(operation: &str, attempts: u32) -> IpamError {

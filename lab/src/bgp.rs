@@ -60,6 +60,26 @@ impl RouteAttrs {
     pub fn is_empty(&self) -> bool {
         self.med.is_none() && self.communities.is_empty() && self.large_communities.is_empty()
     }
+
+    /// The communities as `a:b`, joined by `separator`; `None` when there are none.
+    pub fn communities_list(&self, separator: &str) -> Option<String> {
+        let list: Vec<String> = self
+            .communities
+            .iter()
+            .map(|(a, b)| format!("{a}:{b}"))
+            .collect();
+        (!list.is_empty()).then(|| list.join(separator))
+    }
+
+    /// The large communities as `a:b:c`, joined by `separator`; `None` when there are none.
+    pub fn large_communities_list(&self, separator: &str) -> Option<String> {
+        let list: Vec<String> = self
+            .large_communities
+            .iter()
+            .map(|(a, b, c)| format!("{a}:{b}:{c}"))
+            .collect();
+        (!list.is_empty()).then(|| list.join(separator))
+    }
 }
 
 /// The configuration a daemon is started from. Each session runs between the link addresses of the

@@ -126,21 +126,11 @@ fn route_spec(config: &BgpConfig, prefix: &IpNet) -> String {
     if let Some(med) = attrs.med {
         let _ = write!(spec, " med {med}");
     }
-    if !attrs.communities.is_empty() {
-        let list: Vec<String> = attrs
-            .communities
-            .iter()
-            .map(|(a, b)| format!("{a}:{b}"))
-            .collect();
-        let _ = write!(spec, " community [{}]", list.join(" "));
+    if let Some(list) = attrs.communities_list(" ") {
+        let _ = write!(spec, " community [{list}]");
     }
-    if !attrs.large_communities.is_empty() {
-        let list: Vec<String> = attrs
-            .large_communities
-            .iter()
-            .map(|(a, b, c)| format!("{a}:{b}:{c}"))
-            .collect();
-        let _ = write!(spec, " large-community [{}]", list.join(" "));
+    if let Some(list) = attrs.large_communities_list(" ") {
+        let _ = write!(spec, " large-community [{list}]");
     }
     spec
 }

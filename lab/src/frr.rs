@@ -188,21 +188,11 @@ fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
         if let Some(med) = attrs.med {
             let _ = writeln!(conf, " set metric {med}");
         }
-        if !attrs.communities.is_empty() {
-            let list: Vec<String> = attrs
-                .communities
-                .iter()
-                .map(|(a, b)| format!("{a}:{b}"))
-                .collect();
-            let _ = writeln!(conf, " set community {}", list.join(" "));
+        if let Some(list) = attrs.communities_list(" ") {
+            let _ = writeln!(conf, " set community {list}");
         }
-        if !attrs.large_communities.is_empty() {
-            let list: Vec<String> = attrs
-                .large_communities
-                .iter()
-                .map(|(a, b, c)| format!("{a}:{b}:{c}"))
-                .collect();
-            let _ = writeln!(conf, " set large-community {}", list.join(" "));
+        if let Some(list) = attrs.large_communities_list(" ") {
+            let _ = writeln!(conf, " set large-community {list}");
         }
         conf.push_str("exit\n");
     }

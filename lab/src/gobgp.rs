@@ -83,21 +83,11 @@ impl GoBgp {
             if let Some(med) = attrs.med {
                 args.extend(["med".to_string(), med.to_string()]);
             }
-            if !attrs.communities.is_empty() {
-                let list: Vec<String> = attrs
-                    .communities
-                    .iter()
-                    .map(|(a, b)| format!("{a}:{b}"))
-                    .collect();
-                args.extend(["community".to_string(), list.join(",")]);
+            if let Some(list) = attrs.communities_list(",") {
+                args.extend(["community".to_string(), list]);
             }
-            if !attrs.large_communities.is_empty() {
-                let list: Vec<String> = attrs
-                    .large_communities
-                    .iter()
-                    .map(|(a, b, c)| format!("{a}:{b}:{c}"))
-                    .collect();
-                args.extend(["large-community".to_string(), list.join(",")]);
+            if let Some(list) = attrs.large_communities_list(",") {
+                args.extend(["large-community".to_string(), list]);
             }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
