@@ -7,7 +7,9 @@
 //! - [`rib`]: the Adj-RIB-In of a peer, with interned attribute sets.
 //! - [`driver`]: the tokio driver around the FSM: sockets (TCP MD5, GTSM, TTL), timers, many peers.
 
+pub mod decision;
 pub mod driver;
 pub mod fsm;
+pub mod policy;
 pub mod rib;
 pub mod wire;
