@@ -11,13 +11,10 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::wire::{
-    AfiSafi, AfiSafiSet, CodecContext, HEADER_LEN, Message, NextHop, Nlri, PathAttributes, Update,
-    decode_bytes,
-};
+use crate::wire::{AfiSafi, AfiSafiSet, CodecContext, NextHop, Nlri, PathAttributes, Update};
 
 /// FxHash-style multiplicative hasher for route keys: keys are small integers and a full table is
 /// hashed a million times per load, where SipHash would cost several times more. Peers are configured,
@@ -101,40 +98,19 @@ pub struct AttributeSet {
 }
 
 impl AttributeSet {
-    /// Decodes the stored octets under the session's context. The codec reads attributes inside an
-    /// UPDATE, so they are wrapped in one: with a /0 NLRI for IPv4 sets (so NEXT_HOP is read as it was),
-    /// without NLRI for MP sets (which carry no NEXT_HOP). Octets that were accepted once decode again;
-    /// should they not (a set longer than one message), the result is empty rather than an error.
+    /// Decodes the stored octets under the session's context. IPv4 sets are decoded as carrying
+    /// NLRI (so NEXT_HOP is read as it was), MP sets without. Octets that were accepted once decode
+    /// again; should they not, the result is empty rather than an error.
     pub fn decode(&self, ctx: &CodecContext) -> PathAttributes {
-        let ctx = CodecContext {
-            extended_message: true,
-            ..*ctx
-        };
         let ipv4_nlri = matches!(self.next_hop, Some(NextHop::V4(_)) | None);
-        let len = HEADER_LEN + 4 + self.raw.len() + usize::from(ipv4_nlri);
-        let (Ok(len16), Ok(raw_len)) = (u16::try_from(len), u16::try_from(self.raw.len())) else {
+        let Ok(mut attributes) = PathAttributes::decode_field(&self.raw, ctx, ipv4_nlri) else {
             return PathAttributes::default();
         };
-        let mut message = BytesMut::with_capacity(len);
-        message.put_slice(&[0xff; 16]);
-        message.put_u16(len16);
-        message.put_u8(2); // UPDATE
-        message.put_u16(0); // no withdrawn routes
-        message.put_u16(raw_len);
-        message.put_slice(&self.raw);
-        if ipv4_nlri {
-            message.put_u8(0); // 0.0.0.0/0
+        if !ctx.four_octet_as {
+            // RFC 6793 §4.2.3: a 2-octet speaker's path is AS_PATH merged with AS4_PATH.
+            attributes.merge_as4();
         }
-        match decode_bytes(message.freeze(), &ctx) {
-            Ok(Message::Update(mut update)) => {
-                if !ctx.four_octet_as {
-                    // RFC 6793 §4.2.3: a 2-octet speaker's path is AS_PATH merged with AS4_PATH.
-                    update.attributes.merge_as4();
-                }
-                update.attributes
-            }
-            _ => PathAttributes::default(),
-        }
+        attributes
     }
 }
 
@@ -488,7 +464,7 @@ impl AdjRibIn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{AsPath, MpReach, Origin, decode};
+    use crate::wire::{AsPath, Message, MpReach, Origin, decode};
     use std::net::Ipv4Addr;
 
     fn attrs(med: u32) -> PathAttributes {

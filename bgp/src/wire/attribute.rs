@@ -183,6 +183,17 @@ impl PathAttributes {
         *self == PathAttributes::default()
     }
 
+    /// Decodes a Path Attributes field on its own: for octets kept from an UPDATE decoded before (a
+    /// RIB stores attribute sets as octets). `has_ipv4_nlri` as for the UPDATE they came in: whether
+    /// NEXT_HOP applies. MP_REACH/MP_UNREACH in the field are read but not returned.
+    pub fn decode_field(
+        field: &Bytes,
+        ctx: &CodecContext,
+        has_ipv4_nlri: bool,
+    ) -> Result<PathAttributes, UpdateError> {
+        decode_attributes(field, ctx, has_ipv4_nlri).map(|decoded| decoded.attrs)
+    }
+
     /// Rebuilds AS path and aggregator from AS4_PATH/AS4_AGGREGATOR (received from a 2-octet speaker)
     /// and removes those two. RFC 6793 §4.2.3: "If the AGGREGATOR attribute contains an AS number other
     /// than AS_TRANS, then: ... the AS4_AGGREGATOR attribute and the AS4_PATH attribute SHALL be ignored
