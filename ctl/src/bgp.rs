@@ -167,6 +167,15 @@ async fn call(
     Ok(value)
 }
 
+/// `2026-11-29T17:40:00.123Z` as `2026-11-29T17:40:00Z`: seconds are enough in a table, the API keeps
+/// milliseconds.
+fn whole_seconds(timestamp: String) -> String {
+    match timestamp.split_once('.') {
+        Some((seconds, _)) => format!("{seconds}Z"),
+        None => timestamp,
+    }
+}
+
 fn text(value: &Value, key: &str) -> String {
     match value.get(key) {
         None | Some(Value::Null) => "-".to_string(),
@@ -212,7 +221,7 @@ fn status_table(peers: &Value) -> String {
                         text(p, "remoteAs"),
                         text(p, "type"),
                         text(p, "state"),
-                        text(p, "since"),
+                        whole_seconds(text(p, "since")),
                         format!(
                             "{}/{}",
                             text(p, "prefixesReceived"),
@@ -291,7 +300,7 @@ mod tests {
     #[test]
     fn status_table_shows_one_line_per_peer() {
         let peers = json!([{ "address": "198.51.100.2", "remoteAs": 65001, "type": "ebgp", "state": "Established",
-            "since": "2026-11-29T17:40:00Z", "prefixesReceived": 3, "prefixesAdvertised": 2, "info": "Established" }]);
+            "since": "2026-11-29T17:40:00.123Z", "prefixesReceived": 3, "prefixesAdvertised": 2, "info": "Established" }]);
         let out = status_table(&peers);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -301,6 +310,7 @@ mod tests {
                 && lines[1].contains("65001")
                 && lines[1].contains("3/2")
         );
+        assert!(lines[1].contains("2026-11-29T17:40:00Z "), "{}", lines[1]);
     }
 
     #[tokio::test]

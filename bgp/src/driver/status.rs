@@ -114,12 +114,11 @@ impl RouteView {
     }
 }
 
-/// RFC 3339 UTC timestamp (seconds precision) without a date crate.
+/// RFC 3339 UTC timestamp with milliseconds, without a date crate. Milliseconds because a session that
+/// drops and comes back within one second must still show a new `since`.
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since_epoch.as_secs(), since_epoch.subsec_millis());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
     let z = days as i64 + 719_468;
@@ -132,7 +131,7 @@ pub fn rfc3339(time: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -146,14 +145,14 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
+            "2000-02-29T00:00:00.000Z"
         );
         assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_000_000)),
-            "2026-11-30T00:53:20Z"
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_796_000_000_042)),
+            "2026-11-30T00:53:20.042Z"
         );
     }
 }
