@@ -86,6 +86,12 @@ pub struct Candidate {
     pub igp_cost: u32,
     /// False when the next hop cannot be resolved: the path is then never selected.
     pub next_hop_reachable: bool,
+    /// The address packets for the prefix are sent to (NEXT_HOP or the MP_REACH next hop); `None` for
+    /// locally originated paths.
+    pub next_hop: Option<IpAddr>,
+    /// Graceful restart: the peer's session went down and this path is kept until the peer's
+    /// End-of-RIB or the restart timer (RFC 4724 §4.2). It still forwards and is still selected.
+    pub stale: bool,
 }
 
 impl Candidate {
@@ -96,7 +102,15 @@ impl Candidate {
             attrs,
             igp_cost: 0,
             next_hop_reachable: true,
+            next_hop: None,
+            stale: false,
         }
+    }
+
+    /// The same path with its next hop.
+    pub fn with_next_hop(mut self, next_hop: IpAddr) -> Candidate {
+        self.next_hop = Some(next_hop);
+        self
     }
 
     fn local_pref(&self) -> u32 {
@@ -630,16 +644,34 @@ impl LocRib {
 
     /// Removes every path of `peer` (session down). Visits the whole table.
     pub fn remove_peer(&mut self, peer: IpAddr) -> Vec<BestChange> {
-        let prefixes: Vec<IpNet> = self
-            .table
-            .iter()
-            .filter(|(_, entry)| entry.candidates.iter().any(|c| c.peer.address == peer))
-            .map(|(prefix, _)| *prefix)
-            .collect();
-        prefixes
+        self.prefixes_of(peer)
             .into_iter()
             .filter_map(|prefix| self.remove(prefix, peer))
             .collect()
+    }
+
+    /// Every prefix with at least one candidate, in no particular order.
+    pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.table.keys().copied()
+    }
+
+    /// Every prefix `peer` has a path for. Visits the whole table.
+    pub fn prefixes_of(&self, peer: IpAddr) -> Vec<IpNet> {
+        self.table
+            .iter()
+            .filter(|(_, entry)| entry.candidates.iter().any(|c| c.peer.address == peer))
+            .map(|(prefix, _)| *prefix)
+            .collect()
+    }
+
+    /// Marks the path of `peer` for `prefix` stale (graceful restart). The selection does not change:
+    /// staleness is not a decision step.
+    pub fn mark_stale(&mut self, prefix: IpNet, peer: IpAddr) {
+        if let Some(entry) = self.table.get_mut(&prefix)
+            && let Some(candidate) = entry.candidates.iter_mut().find(|c| c.peer.address == peer)
+        {
+            candidate.stale = true;
+        }
     }
 
     /// The current selection of `prefix`.

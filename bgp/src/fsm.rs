@@ -25,8 +25,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::wire::{
-    AS_TRANS, AfiSafi, AfiSafiSet, Capability, CeaseSubcode, CodecContext, FsmSubcode, Message,
-    MessageError, Notification, Open, OpenError, RouteRefresh, Update,
+    AS_TRANS, AfiSafi, AfiSafiSet, Capability, CeaseSubcode, CodecContext, FsmSubcode,
+    GracefulRestart, Message, MessageError, Notification, Open, OpenError, RouteRefresh, Update,
 };
 
 /// The hold time used while waiting for the peer's OPEN ("a large value", RFC 4271 §8.2.2 suggests 4 min).
@@ -126,6 +126,13 @@ pub enum Input {
     MessageError { conn: ConnId, error: MessageError },
     /// Events 9-13.
     TimerExpired(Timer),
+    /// The driver drops the session (BFD down, maximum prefixes): every connection is closed, after
+    /// `notification` if given; the next attempt waits `idle_hold` instead of the back-off when given.
+    Reset {
+        notification: Option<Notification>,
+        reason: String,
+        idle_hold: Option<Duration>,
+    },
 }
 
 /// Why a session went down, for logs and status.
@@ -137,6 +144,8 @@ pub enum DownReason {
     NotificationReceived(Notification),
     /// The TCP connection closed or failed without a NOTIFICATION.
     ConnectionClosed,
+    /// The driver reset the session without a NOTIFICATION (e.g. BFD down).
+    Reset(String),
 }
 
 impl fmt::Display for DownReason {
@@ -147,6 +156,7 @@ impl fmt::Display for DownReason {
             DownReason::ConnectionClosed => {
                 f.write_str("TCP connection closed without NOTIFICATION")
             }
+            DownReason::Reset(reason) => f.write_str(reason),
         }
     }
 }
@@ -222,6 +232,8 @@ pub struct SessionConfig {
     pub idle_hold_max: Duration,
     /// An Established period this long resets the back-off.
     pub stable_time: Duration,
+    /// Graceful Restart capability to announce (RFC 4724).
+    pub graceful_restart: Option<GracefulRestart>,
 }
 
 impl SessionConfig {
@@ -240,6 +252,7 @@ impl SessionConfig {
             idle_hold: Duration::from_secs(1),
             idle_hold_max: Duration::from_secs(60),
             stable_time: Duration::from_secs(60),
+            graceful_restart: None,
         }
     }
 
@@ -257,6 +270,9 @@ impl SessionConfig {
         capabilities.push(Capability::RouteRefresh);
         capabilities.push(Capability::FourOctetAs(self.local_as));
         capabilities.push(Capability::ExtendedMessage);
+        if let Some(gr) = &self.graceful_restart {
+            capabilities.push(Capability::GracefulRestart(gr.clone()));
+        }
         Open::new(self.local_as, self.hold_time, self.router_id, capabilities)
     }
 }
@@ -338,6 +354,12 @@ impl Session {
         self.connect_timeouts
     }
 
+    /// Changes the Graceful Restart capability of the next OPEN (the Restart State bit is set only for
+    /// the first session after a restart).
+    pub fn set_graceful_restart(&mut self, graceful_restart: Option<GracefulRestart>) {
+        self.config.graceful_restart = graceful_restart;
+    }
+
     /// Consecutive session failures (drives the IdleHold back-off).
     pub fn failures(&self) -> u32 {
         self.failures
@@ -361,6 +383,23 @@ impl Session {
                 self.connection_error(conn, error.notification(), now, out)
             }
             Input::TimerExpired(timer) => self.timer(timer, now, out),
+            Input::Reset {
+                notification,
+                reason,
+                idle_hold,
+            } => {
+                if self.conns.is_empty() && self.established.is_none() {
+                    return self.report_state(out);
+                }
+                let reason = match notification {
+                    Some(notification) => DownReason::NotificationSent(notification),
+                    None => DownReason::Reset(reason),
+                };
+                self.go_down(reason, now, out);
+                if let Some(hold) = idle_hold.filter(|_| self.started) {
+                    out.push(Output::StartTimer(Timer::IdleHold, hold));
+                }
+            }
         }
         self.report_state(out);
     }

@@ -12,4 +12,5 @@ pub mod driver;
 pub mod fsm;
 pub mod policy;
 pub mod rib;
+pub mod routing;
 pub mod wire;

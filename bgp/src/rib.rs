@@ -249,6 +249,16 @@ pub struct AdjRibIn {
     context: CodecContext,
     /// Our AS on this session: routes whose AS_PATH holds it are loops and are not kept.
     local_as: Option<u32>,
+    /// How many times `local_as` may appear before a route is a loop (Calico's
+    /// `numAllowedLocalASNumbers`).
+    allowed_own_as: u8,
+}
+
+/// One change of the table for the Loc-RIB: the prefix's new attribute set, or `None` when withdrawn.
+#[derive(Clone, Debug)]
+pub struct RibChange {
+    pub prefix: IpNet,
+    pub attributes: Option<Arc<AttributeSet>>,
 }
 
 fn key_v4(net: Ipv4Net, path_id: Option<u32>) -> KeyV4 {
@@ -301,10 +311,16 @@ impl AdjRibIn {
         self.end_of_rib
     }
 
+    /// Accept routes holding our AS up to `times` times.
+    pub fn set_allowed_own_as(&mut self, times: u8) {
+        self.allowed_own_as = times;
+    }
+
     /// Removes every route (the session went down); the loop check stays.
     pub fn clear(&mut self) {
         *self = AdjRibIn {
             local_as: self.local_as,
+            allowed_own_as: self.allowed_own_as,
             ..AdjRibIn::default()
         };
     }
@@ -316,10 +332,24 @@ impl AdjRibIn {
             return false;
         };
         let attributes = &update.attributes;
+        let allowed = usize::from(self.allowed_own_as);
         [&attributes.as_path, &attributes.as4_path]
             .into_iter()
             .flatten()
-            .any(|path| path.contains(local_as))
+            .any(|path| {
+                let times = path
+                    .segments
+                    .iter()
+                    .flat_map(|segment| &segment.asns)
+                    .filter(|asn| **asn == local_as)
+                    .count();
+                times > allowed
+            })
+    }
+
+    /// The codec context stored sets decode under.
+    pub fn context(&self) -> CodecContext {
+        self.context
     }
 
     /// Sets the codec context of the session the routes come from (stored sets decode under it).
@@ -330,6 +360,30 @@ impl AdjRibIn {
     /// Applies one UPDATE: withdrawals, then announcements (an announcement of a known prefix replaces
     /// it: implicit withdraw, RFC 4271 §3.1).
     pub fn apply(&mut self, update: &Update) -> ApplyStats {
+        self.apply_inner(update, |_, _| {})
+    }
+
+    /// [`AdjRibIn::apply`] that also appends each change of the table to `changes` (withdrawals of
+    /// unknown prefixes are not changes).
+    pub fn apply_with_changes(
+        &mut self,
+        update: &Update,
+        changes: &mut Vec<RibChange>,
+    ) -> ApplyStats {
+        let mut ids: Vec<(IpNet, Option<AttrId>)> = Vec::new();
+        let stats = self.apply_inner(update, |prefix, id| ids.push((prefix, id)));
+        changes.extend(ids.into_iter().map(|(prefix, id)| RibChange {
+            prefix,
+            attributes: id.and_then(|id| self.attrs.get(id).cloned()),
+        }));
+        stats
+    }
+
+    fn apply_inner(
+        &mut self,
+        update: &Update,
+        mut record: impl FnMut(IpNet, Option<AttrId>),
+    ) -> ApplyStats {
         let mut stats = ApplyStats {
             end_of_rib: update.end_of_rib(),
             ..ApplyStats::default()
@@ -343,7 +397,10 @@ impl AdjRibIn {
             .iter()
             .chain(update.mp_unreach.iter().flat_map(|mp| mp.withdrawn.iter()))
         {
-            stats.withdrawn += usize::from(self.remove(nlri));
+            if self.remove(nlri) {
+                stats.withdrawn += 1;
+                record(nlri.prefix, None);
+            }
         }
         // The codec has already moved the NLRI of a treat-as-withdraw UPDATE to the withdrawals.
         stats.treated_as_withdraw = update.treat_as_withdraw;
@@ -351,7 +408,10 @@ impl AdjRibIn {
             // A looped announcement still replaces what the peer sent before for these prefixes.
             let mp_nlri = update.mp_reach.iter().flat_map(|mp| mp.nlri.iter());
             for nlri in update.nlri.iter().chain(mp_nlri) {
-                stats.withdrawn += usize::from(self.remove(nlri));
+                if self.remove(nlri) {
+                    stats.withdrawn += 1;
+                    record(nlri.prefix, None);
+                }
                 stats.looped += 1;
             }
             return stats;
@@ -361,6 +421,7 @@ impl AdjRibIn {
             let id = self.attrs.intern(&update.raw_attributes, next_hop);
             for nlri in &update.nlri {
                 self.insert(nlri, id);
+                record(nlri.prefix, Some(id));
             }
             stats.announced += update.nlri.len();
             self.attrs.collect_unused(id);
@@ -369,6 +430,7 @@ impl AdjRibIn {
             let id = self.attrs.intern(&update.raw_attributes, Some(mp.next_hop));
             for nlri in &mp.nlri {
                 self.insert(nlri, id);
+                record(nlri.prefix, Some(id));
             }
             stats.announced += mp.nlri.len();
             self.attrs.collect_unused(id);

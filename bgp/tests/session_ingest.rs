@@ -75,6 +75,7 @@ async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
         router_id: Ipv4Addr::new(10, 0, 0, 1),
         local_as: 64512,
         listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
+        routing: reef_bgp::routing::RoutingConfig::default(),
     };
     let mut peer = PeerConfig::new(IpAddr::V4(INJECTOR), INJECTOR_AS);
     peer.passive = true;

@@ -6,6 +6,7 @@
 //! memory) and one writer (so a peer that does not read never blocks our reading).
 
 mod peer;
+mod router;
 pub mod socket;
 mod status;
 
@@ -23,10 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-pub use status::{PeerStatus, RouteView};
+pub use status::{LocRibRouteView, PeerStatus, RibPathView, RouteView};
 
 use crate::rib::AdjRibIn;
-use peer::{PeerCommand, PeerShared};
+use crate::routing::{self, FibUpdate, PeerRouting, Routing, RoutingConfig};
+use peer::{Export, PeerCommand, PeerShared};
 
 /// Speaker-wide settings.
 #[derive(Clone, Debug)]
@@ -36,6 +38,7 @@ pub struct SpeakerConfig {
     /// Where to accept connections; `None`: active-only. Port 0 picks a free port (see
     /// [`Speaker::listen_addr`]).
     pub listen: Option<SocketAddr>,
+    pub routing: RoutingConfig,
 }
 
 /// One configured peer.
@@ -64,6 +67,7 @@ pub struct PeerConfig {
     pub next_hop_v4: Option<Ipv4Addr>,
     /// Next hop for IPv6 routes instead of the session's local address.
     pub next_hop_v6: Option<Ipv6Addr>,
+    pub routing: PeerRouting,
 }
 
 impl PeerConfig {
@@ -84,7 +88,12 @@ impl PeerConfig {
             idle_hold: Duration::from_secs(1),
             next_hop_v4: None,
             next_hop_v6: None,
+            routing: PeerRouting::default(),
         }
+    }
+
+    fn is_ebgp(&self, local_as: u32) -> bool {
+        self.local_as.unwrap_or(local_as) != self.remote_as
     }
 
     fn socket_options(&self, local_as: u32) -> socket::SocketOptions {
@@ -119,6 +128,8 @@ pub enum SpeakerError {
 struct PeerHandle {
     config: PeerConfig,
     commands: mpsc::Sender<PeerCommand>,
+    /// Route batches from the routing task (unbounded: the routing task must never wait on a peer).
+    exports: mpsc::UnboundedSender<Export>,
     shared: Arc<PeerShared>,
     task: JoinHandle<()>,
 }
@@ -126,10 +137,15 @@ struct PeerHandle {
 struct SpeakerShared {
     config: SpeakerConfig,
     peers: Mutex<BTreeMap<IpAddr, PeerHandle>>,
-    /// The locally originated prefixes (Adj-RIB-Out of every peer).
-    prefixes: Arc<Mutex<BTreeSet<IpNet>>>,
+    /// The locally originated prefixes.
+    prefixes: Mutex<BTreeSet<IpNet>>,
     listener: Option<Arc<tokio::net::TcpListener>>,
     next_conn: Arc<AtomicU64>,
+    /// The routing core; the routing task locks it per batch of inputs, queries lock it briefly.
+    routing: Arc<Mutex<Routing>>,
+    /// Inputs of the routing task.
+    router: mpsc::UnboundedSender<routing::Input>,
+    fib_updates: Mutex<Option<mpsc::UnboundedReceiver<FibUpdate>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,6 +160,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Speaker {
     shared: Arc<SpeakerShared>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    router_task: JoinHandle<()>,
 }
 
 impl Speaker {
@@ -165,21 +182,44 @@ impl Speaker {
             }
             None => None,
         };
+        let routing = Arc::new(Mutex::new(Routing::new(
+            config.router_id,
+            config.local_as,
+            config.routing.clone(),
+        )));
+        let (router, router_inputs) = mpsc::unbounded_channel();
+        let (fib_tx, fib_rx) = if config.routing.fib {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(SpeakerShared {
             config,
             peers: Mutex::new(BTreeMap::new()),
-            prefixes: Arc::new(Mutex::new(
-                prefixes.into_iter().map(|p| p.trunc()).collect(),
-            )),
+            prefixes: Mutex::new(BTreeSet::new()),
             listener: listener.clone(),
             next_conn: Arc::new(AtomicU64::new(1)),
+            routing: routing.clone(),
+            router,
+            fib_updates: Mutex::new(fib_rx),
         });
         let accept_task =
             listener.map(|listener| tokio::spawn(accept_loop(listener, Arc::downgrade(&shared))));
+        let router_task = tokio::spawn(router::run(
+            routing,
+            router_inputs,
+            Arc::downgrade(&shared),
+            fib_tx,
+        ));
         let speaker = Speaker {
             shared,
             accept_task: Mutex::new(accept_task),
+            router_task,
         };
+        for prefix in prefixes {
+            speaker.advertise(prefix);
+        }
         for peer in peers {
             speaker
                 .add_peer(peer)
@@ -223,10 +263,15 @@ impl Speaker {
                 )?;
             }
         }
-        let (handle_commands, shared, task) = peer::spawn(
+        self.route(routing::Input::PeerAdded {
+            address: config.address,
+            ebgp: config.is_ebgp(self.shared.config.local_as),
+            routing: config.routing.clone(),
+        });
+        let (handle_commands, exports, shared, task) = peer::spawn(
             config.clone(),
             &self.shared.config,
-            self.shared.prefixes.clone(),
+            self.shared.router.clone(),
             self.shared.next_conn.clone(),
         );
         peers.insert(
@@ -234,11 +279,74 @@ impl Speaker {
             PeerHandle {
                 config,
                 commands: handle_commands,
+                exports,
                 shared,
                 task,
             },
         );
         Ok(())
+    }
+
+    fn route(&self, input: routing::Input) {
+        // The routing task ends only with the speaker.
+        let _ = self.shared.router.send(input);
+    }
+
+    /// The kernel route changes of the Loc-RIB (with `RoutingConfig::fib`); `None` after the first call.
+    pub fn take_fib_updates(&self) -> Option<mpsc::UnboundedReceiver<FibUpdate>> {
+        lock(&self.shared.fib_updates).take()
+    }
+
+    /// Drops the session with `address` at once without a NOTIFICATION (BFD down): its routes are
+    /// withdrawn (no graceful restart), and the session is attempted again as after any failure.
+    pub fn reset_peer(&self, address: IpAddr, reason: &str) -> Result<(), SpeakerError> {
+        self.command(address, PeerCommand::Reset(reason.to_string()))
+    }
+
+    /// New filters, communities or flags for a peer: the routes it sent are re-evaluated from its
+    /// Adj-RIB-In and what it is sent is updated, without resetting the session.
+    pub fn set_peer_routing(
+        &self,
+        address: IpAddr,
+        routing: PeerRouting,
+    ) -> Result<(), SpeakerError> {
+        if let Some(handle) = lock(&self.shared.peers).get_mut(&address) {
+            handle.config.routing = routing.clone();
+        }
+        self.command(address, PeerCommand::SetRouting(Box::new(routing)))
+    }
+
+    fn command(&self, address: IpAddr, command: PeerCommand) -> Result<(), SpeakerError> {
+        let peers = lock(&self.shared.peers);
+        let handle = peers
+            .get(&address)
+            .ok_or(SpeakerError::UnknownPeer(address))?;
+        handle
+            .commands
+            .try_send(command)
+            .map_err(|_| SpeakerError::PeerGone(address))
+    }
+
+    /// Every path of `prefix` in the Loc-RIB, ranked, with the reason of each place.
+    pub fn explain(&self, prefix: IpNet) -> Vec<RibPathView> {
+        lock(&self.shared.routing)
+            .explain(prefix)
+            .iter()
+            .map(RibPathView::new)
+            .collect()
+    }
+
+    /// The Loc-RIB: every prefix with its selected path, sorted by prefix.
+    pub fn loc_rib(&self) -> Vec<LocRibRouteView> {
+        let routing = lock(&self.shared.routing);
+        routing
+            .selected_routes()
+            .iter()
+            .map(|(prefix, selected)| {
+                let paths = routing.loc_rib().candidates(*prefix).len();
+                LocRibRouteView::new(*prefix, selected, paths)
+            })
+            .collect()
     }
 
     /// Stops a peer's session (Cease/Administrative Shutdown) and forgets it.
@@ -247,7 +355,8 @@ impl Speaker {
             .remove(&address)
             .ok_or(SpeakerError::UnknownPeer(address))?;
         let had_key = handle.config.password.is_some();
-        stop_peer(handle).await;
+        stop_peer(handle, true).await;
+        self.route(routing::Input::PeerRemoved { address });
         if let (Some(listener), true) = (&self.shared.listener, had_key) {
             let _ = socket::set_md5_key(listener.as_raw_fd(), address, None);
         }
@@ -256,16 +365,26 @@ impl Speaker {
 
     /// Status of every peer, sorted by address.
     pub fn peers(&self) -> Vec<PeerStatus> {
-        lock(&self.shared.peers)
+        let mut peers: Vec<PeerStatus> = lock(&self.shared.peers)
             .values()
             .map(|h| h.shared.snapshot())
-            .collect()
+            .collect();
+        let routing = lock(&self.shared.routing);
+        for peer in &mut peers {
+            peer.prefixes_advertised = routing.advertised(peer.address);
+            peer.stale_routes = routing.stale_routes(peer.address);
+        }
+        peers
     }
 
     pub fn peer(&self, address: IpAddr) -> Option<PeerStatus> {
-        lock(&self.shared.peers)
+        let mut peer = lock(&self.shared.peers)
             .get(&address)
-            .map(|h| h.shared.snapshot())
+            .map(|h| h.shared.snapshot())?;
+        let routing = lock(&self.shared.routing);
+        peer.prefixes_advertised = routing.advertised(address);
+        peer.stale_routes = routing.stale_routes(address);
+        Some(peer)
     }
 
     /// The Adj-RIB-In of a peer (shared with its session task; lock it briefly).
@@ -303,33 +422,25 @@ impl Speaker {
         lock(&self.shared.prefixes).iter().copied().collect()
     }
 
-    /// Starts advertising `prefix` to every peer; false if it already was.
+    /// Starts originating `prefix` (into the Loc-RIB, so to every peer its export allows); false if it
+    /// already was.
     pub fn advertise(&self, prefix: IpNet) -> bool {
         let prefix = prefix.trunc();
         if !lock(&self.shared.prefixes).insert(prefix) {
             return false;
         }
-        self.broadcast(|| PeerCommand::Advertise(prefix));
+        self.route(routing::Input::Originate(prefix));
         true
     }
 
-    /// Withdraws `prefix` from every peer; false if it was not advertised.
+    /// Stops originating `prefix`; false if it was not originated.
     pub fn withdraw(&self, prefix: IpNet) -> bool {
         let prefix = prefix.trunc();
         if !lock(&self.shared.prefixes).remove(&prefix) {
             return false;
         }
-        self.broadcast(|| PeerCommand::Withdraw(prefix));
+        self.route(routing::Input::StopOriginating(prefix));
         true
-    }
-
-    fn broadcast(&self, command: impl Fn() -> PeerCommand) {
-        for (address, handle) in lock(&self.shared.peers).iter() {
-            // Commands are rare and the channel deep; a full channel means a wedged task: say so.
-            if let Err(e) = handle.commands.try_send(command()) {
-                warn!(peer = %address, error = %e, "peer task did not take a prefix change");
-            }
-        }
     }
 
     /// Sends ROUTE-REFRESH for every negotiated family to the peer.
@@ -350,18 +461,23 @@ impl Speaker {
     #[doc(hidden)]
     pub fn suppress_keepalives(&self, address: IpAddr, suppress: bool) -> Result<(), SpeakerError> {
         let peers = lock(&self.shared.peers);
-        let handle = peers
-            .get(&address)
-            .ok_or(SpeakerError::UnknownPeer(address))?;
-        handle
-            .commands
-            .try_send(PeerCommand::SuppressKeepalives(suppress))
-            .map_err(|_| SpeakerError::PeerGone(address))
+        drop(peers);
+        self.command(address, PeerCommand::SuppressKeepalives(suppress))
     }
 
     /// Cease/Administrative Shutdown to every peer, then stops all tasks (the speaker stays usable for
     /// status queries, with no peers).
     pub async fn shutdown(&self) {
+        self.stop_all(true).await;
+    }
+
+    /// Graceful restart: closes every session WITHOUT a NOTIFICATION, so that GR-capable peers keep our
+    /// routes (and forwarding) until we are back.
+    pub async fn shutdown_for_restart(&self) {
+        self.stop_all(false).await;
+    }
+
+    async fn stop_all(&self, notify: bool) {
         if let Some(task) = lock(&self.accept_task).take() {
             task.abort();
         }
@@ -369,15 +485,23 @@ impl Speaker {
             .into_values()
             .collect();
         for handle in handles {
-            stop_peer(handle).await;
+            stop_peer(handle, notify).await;
         }
     }
 }
 
-/// Asks the peer task to stop (it sends its NOTIFICATION and flushes); bounded wait, then abort.
-async fn stop_peer(handle: PeerHandle) {
+/// Asks the peer task to stop (with `notify`, it sends Cease and flushes); bounded wait, then abort.
+async fn stop_peer(handle: PeerHandle, notify: bool) {
     let (reply, done) = oneshot::channel();
-    if handle.commands.send(PeerCommand::Stop(reply)).await.is_ok() {
+    if handle
+        .commands
+        .send(PeerCommand::Stop {
+            notify,
+            done: reply,
+        })
+        .await
+        .is_ok()
+    {
         let _ = tokio::time::timeout(Duration::from_secs(3), done).await;
     }
     handle.task.abort();
@@ -385,6 +509,7 @@ async fn stop_peer(handle: PeerHandle) {
 
 impl Drop for Speaker {
     fn drop(&mut self) {
+        self.router_task.abort();
         if let Some(task) = lock(&self.accept_task).take() {
             task.abort();
         }

@@ -1,6 +1,7 @@
-//! The task of one peer: FSM, timers, connections, Adj-RIB-In writes and the advertisement.
+//! The task of one peer: FSM, timers, connections, Adj-RIB-In writes, and the encoding of the route
+//! batches the routing task decides to send.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,13 +20,17 @@ use tracing::{debug, info, warn};
 
 use super::status::{PeerStatus, rfc3339};
 use super::{PeerConfig, SpeakerConfig, SpeakerError, lock, socket};
+use crate::decision::{PeerInfo, PeerKind};
 use crate::fsm::{
     ConnId, DownReason, Input, NegotiatedSession, Output, Session, SessionConfig, State, Timer,
 };
-use crate::rib::AdjRibIn;
+use crate::policy::{MaxPrefixAction, MaxPrefixState};
+use crate::rib::{AdjRibIn, AttributeSet, RibChange};
+use crate::routing::{self, OutChange, OutPath, PeerRouting, ReceivedPath, SessionInfo};
 use crate::wire::{
-    AfiSafi, AsPath, CodecContext, Message, MessageError, NextHop, Nlri, Origin, PathAttributes,
-    RouteRefresh, RouteRefreshSubtype, Update, decode_bytes, message_length,
+    AfiSafi, AfiSafiSet, CodecContext, GracefulRestart, GracefulRestartFamily, Message,
+    MessageError, NextHop, Nlri, PathAttributes, RouteRefresh, RouteRefreshSubtype, Update,
+    decode_bytes, message_length,
 };
 
 /// Connect attempts without an answer before the status blames the path or the MD5 key.
@@ -39,11 +44,28 @@ const COMMAND_QUEUE: usize = 64;
 
 pub(super) enum PeerCommand {
     Inbound(TcpStream),
-    Advertise(IpNet),
-    Withdraw(IpNet),
     Refresh(oneshot::Sender<Result<(), SpeakerError>>),
     SuppressKeepalives(bool),
-    Stop(oneshot::Sender<()>),
+    /// Drop the session without a NOTIFICATION (BFD down).
+    Reset(String),
+    SetRouting(Box<PeerRouting>),
+    /// End the task; with `notify`, Cease/Administrative Shutdown first.
+    Stop {
+        notify: bool,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the routing task sends to a peer task.
+pub(super) enum Export {
+    Routes {
+        conn: ConnId,
+        changes: Vec<OutChange>,
+    },
+    EndOfRib {
+        conn: ConnId,
+        families: AfiSafiSet,
+    },
 }
 
 enum Event {
@@ -95,8 +117,6 @@ struct Connection {
 
 struct EstablishedSession {
     negotiated: Box<NegotiatedSession>,
-    local: SocketAddr,
-    advertised: BTreeSet<IpNet>,
 }
 
 struct PeerTask {
@@ -111,19 +131,29 @@ struct PeerTask {
     last_connect_error: Option<String>,
     events_tx: mpsc::Sender<Event>,
     next_conn: Arc<AtomicU64>,
-    prefixes: Arc<Mutex<BTreeSet<IpNet>>>,
+    router: mpsc::UnboundedSender<routing::Input>,
     shared: Arc<PeerShared>,
     established: Option<EstablishedSession>,
     pending_updates: Vec<Update>,
     suppress_keepalives: bool,
+    max_prefix: Option<MaxPrefixState>,
+    /// Our Graceful Restart capability (its Restart State bit is cleared after the first session).
+    graceful_restart: Option<GracefulRestart>,
 }
+
+pub(super) type SpawnedPeer = (
+    mpsc::Sender<PeerCommand>,
+    mpsc::UnboundedSender<Export>,
+    Arc<PeerShared>,
+    JoinHandle<()>,
+);
 
 pub(super) fn spawn(
     config: PeerConfig,
     speaker: &SpeakerConfig,
-    prefixes: Arc<Mutex<BTreeSet<IpNet>>>,
+    router: mpsc::UnboundedSender<routing::Input>,
     next_conn: Arc<AtomicU64>,
-) -> (mpsc::Sender<PeerCommand>, Arc<PeerShared>, JoinHandle<()>) {
+) -> SpawnedPeer {
     let local_as = config.local_as.unwrap_or(speaker.local_as);
     let mut session_config = SessionConfig::new(local_as, config.remote_as, speaker.router_id);
     session_config.hold_time = config.hold_time;
@@ -131,6 +161,26 @@ pub(super) fn spawn(
     session_config.connect_retry = config.connect_retry;
     session_config.passive = config.passive;
     session_config.idle_hold = config.idle_hold;
+    // RFC 4724 §3: our forwarding state survives a restart (the kernel keeps Reef's routes), so the F
+    // bit is set for both families; R only on the first session after a restart.
+    let graceful_restart = speaker
+        .routing
+        .graceful_restart
+        .as_ref()
+        .map(|gr| GracefulRestart {
+            restart_state: gr.restarting,
+            notification: false,
+            restart_time: gr.restart_time.min(4095),
+            families: session_config
+                .families
+                .iter()
+                .map(|afi_safi| GracefulRestartFamily {
+                    afi_safi,
+                    forwarding_preserved: true,
+                })
+                .collect(),
+        });
+    session_config.graceful_restart = graceful_restart.clone();
     let status = PeerStatus {
         address: config.address,
         port: config.port,
@@ -151,6 +201,7 @@ pub(super) fn spawn(
         capabilities: Vec::new(),
         prefixes_received: 0,
         prefixes_advertised: 0,
+        stale_routes: 0,
         updates_received: 0,
         passive: config.passive,
         md5: config.password.is_some(),
@@ -158,14 +209,18 @@ pub(super) fn spawn(
         last_error: None,
         info: String::new(),
     };
+    let mut rib = AdjRibIn::with_local_as(local_as);
+    rib.set_allowed_own_as(config.routing.allow_own_as);
     let shared = Arc::new(PeerShared {
-        rib: Arc::new(Mutex::new(AdjRibIn::with_local_as(local_as))),
+        rib: Arc::new(Mutex::new(rib)),
         status: Mutex::new(status),
         established_at: Mutex::new(None),
         updates_received: AtomicU64::new(0),
     });
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (events_tx, events_rx) = mpsc::channel(READ_QUEUE);
+    let (exports_tx, exports_rx) = mpsc::unbounded_channel();
+    let max_prefix = config.routing.max_prefix.map(MaxPrefixState::new);
     let task = PeerTask {
         config,
         local_as,
@@ -178,14 +233,16 @@ pub(super) fn spawn(
         last_connect_error: None,
         events_tx,
         next_conn,
-        prefixes,
+        router,
         shared: shared.clone(),
         established: None,
         pending_updates: Vec::new(),
         suppress_keepalives: false,
+        max_prefix,
+        graceful_restart,
     };
-    let handle = tokio::spawn(task.run(commands_rx, events_rx));
-    (commands_tx, shared, handle)
+    let handle = tokio::spawn(task.run(commands_rx, events_rx, exports_rx));
+    (commands_tx, exports_tx, shared, handle)
 }
 
 impl PeerTask {
@@ -193,14 +250,17 @@ impl PeerTask {
         mut self,
         mut commands: mpsc::Receiver<PeerCommand>,
         mut events: mpsc::Receiver<Event>,
+        mut exports: mpsc::UnboundedReceiver<Export>,
     ) {
         self.input(Input::ManualStart);
         loop {
             let deadline = self.timers.values().min().copied();
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(PeerCommand::Stop(done)) => {
-                        self.input(Input::ManualStop);
+                    Some(PeerCommand::Stop { notify, done }) => {
+                        if notify {
+                            self.input(Input::ManualStop);
+                        }
                         // Let the writers flush the NOTIFICATION (bounded by the caller's timeout).
                         for (_, conn) in self.conns.drain() {
                             conn.reader.abort();
@@ -212,6 +272,7 @@ impl PeerTask {
                     None => return,
                 },
                 Some(event) = events.recv() => self.event(event),
+                Some(export) = exports.recv() => self.export(export),
                 _ = sleep_until(tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now))), if deadline.is_some() => {
                     let now = Instant::now();
                     let expired: Vec<Timer> = self.timers.iter().filter(|(_, at)| **at <= now).map(|(t, _)| *t).collect();
@@ -346,14 +407,21 @@ impl PeerTask {
                     self.input(Input::TcpConnectionConfirmed { conn });
                 }
             }
-            PeerCommand::Advertise(prefix) => self.announce(&[prefix]),
-            PeerCommand::Withdraw(prefix) => self.withdraw(prefix),
             PeerCommand::Refresh(reply) => {
                 let _ = reply.send(self.send_refresh());
             }
             PeerCommand::SuppressKeepalives(suppress) => self.suppress_keepalives = suppress,
+            PeerCommand::Reset(reason) => {
+                warn!(peer = %self.peer(), %reason, "resetting the session");
+                self.input(Input::Reset {
+                    notification: None,
+                    reason,
+                    idle_hold: None,
+                });
+            }
+            PeerCommand::SetRouting(routing) => self.set_routing(*routing),
             // Handled in `run` (it ends the task).
-            PeerCommand::Stop(_) => {}
+            PeerCommand::Stop { .. } => {}
         }
     }
 
@@ -479,22 +547,137 @@ impl PeerTask {
         self.shared
             .updates_received
             .fetch_add(self.pending_updates.len() as u64, Ordering::Relaxed);
+        let Some(conn) = self.established.as_ref().map(|s| s.negotiated.conn) else {
+            self.pending_updates.clear();
+            return;
+        };
+        let address = self.peer();
         let mut rib = lock(&self.shared.rib);
+        let ctx = rib.context();
         let mut trim_heap = false;
+        let mut changes: Vec<RibChange> = Vec::new();
+        let mut end_of_rib = Vec::new();
         for update in self.pending_updates.drain(..) {
-            let stats = rib.apply(&update);
+            let stats = rib.apply_with_changes(&update, &mut changes);
             if stats.treated_as_withdraw {
-                warn!(peer = %self.config.address, errors = ?update.errors, "UPDATE treated as withdraw (RFC 7606)");
+                warn!(peer = %address, errors = ?update.errors, "UPDATE treated as withdraw (RFC 7606)");
             }
             if let Some(family) = stats.end_of_rib {
-                info!(peer = %self.config.address, %family, routes = rib.len(), "End-of-RIB received");
+                info!(peer = %address, %family, routes = rib.len(), "End-of-RIB received");
                 trim_heap = true;
+                end_of_rib.push((changes.len(), family));
             }
         }
+        let count = rib.len();
         drop(rib);
+        // Each attribute set is decoded once per batch; its routes share the result.
+        let mut decoded: HashMap<*const AttributeSet, Arc<PathAttributes>> = HashMap::new();
+        let mut batch: Vec<(IpNet, Option<ReceivedPath>)> = Vec::with_capacity(changes.len());
+        let mut eor = end_of_rib.into_iter().peekable();
+        for (i, change) in changes.into_iter().enumerate() {
+            while let Some((_, family)) = eor.next_if(|(at, _)| *at == i) {
+                self.route_batch(conn, &mut batch);
+                self.route(routing::Input::EndOfRib { address, family });
+            }
+            let path = change.attributes.map(|set| {
+                let attrs = decoded
+                    .entry(Arc::as_ptr(&set))
+                    .or_insert_with(|| Arc::new(set.decode(&ctx)))
+                    .clone();
+                ReceivedPath {
+                    attrs,
+                    next_hop: set_next_hop(&set),
+                }
+            });
+            batch.push((change.prefix, path));
+        }
+        self.route_batch(conn, &mut batch);
+        for (_, family) in eor {
+            self.route(routing::Input::EndOfRib { address, family });
+        }
         if trim_heap {
             release_free_memory();
         }
+        self.check_max_prefix(count);
+    }
+
+    fn route(&self, input: routing::Input) {
+        // The routing task lives as long as the speaker, which outlives this task.
+        let _ = self.router.send(input);
+    }
+
+    fn route_batch(&self, conn: ConnId, batch: &mut Vec<(IpNet, Option<ReceivedPath>)>) {
+        if !batch.is_empty() {
+            self.route(routing::Input::Routes {
+                address: self.peer(),
+                conn,
+                changes: std::mem::take(batch),
+            });
+        }
+    }
+
+    /// RFC 4486: over the limit, Cease/Maximum Number of Prefixes Reached and down for the restart time
+    /// (or until an operator resets it).
+    fn check_max_prefix(&mut self, count: usize) {
+        let Some(state) = &mut self.max_prefix else {
+            return;
+        };
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        match state.on_count(count) {
+            MaxPrefixAction::None => {}
+            MaxPrefixAction::Warn => {
+                warn!(peer = %self.config.address, count, limit = state.config.limit, "prefix count reached the warning threshold")
+            }
+            MaxPrefixAction::Exceeded => {
+                let config = state.config;
+                warn!(peer = %self.config.address, count, limit = config.limit, "maximum prefixes exceeded; closing the session");
+                let family = if lock(&self.shared.rib)
+                    .end_of_rib()
+                    .contains(AfiSafi::IPV6_UNICAST)
+                    && !lock(&self.shared.rib)
+                        .end_of_rib()
+                        .contains(AfiSafi::IPV4_UNICAST)
+                {
+                    AfiSafi::IPV6_UNICAST
+                } else {
+                    AfiSafi::IPV4_UNICAST
+                };
+                self.input(Input::Reset {
+                    notification: Some(config.cease_notification(family)),
+                    reason: format!("more than {} prefixes received", config.limit),
+                    idle_hold: config.restart_after,
+                });
+                if config.restart_after.is_none() {
+                    // Stays down until an operator restarts it (reefd restart or a config change).
+                    self.input(Input::ManualStop);
+                }
+            }
+        }
+    }
+
+    fn set_routing(&mut self, routing: PeerRouting) {
+        self.config.routing = routing.clone();
+        self.max_prefix = routing.max_prefix.map(MaxPrefixState::new);
+        let adj_rib_in: Vec<(IpNet, ReceivedPath)> = {
+            let mut rib = lock(&self.shared.rib);
+            rib.set_allowed_own_as(routing.allow_own_as);
+            rib.routes()
+                .into_iter()
+                .map(|route| {
+                    let path = ReceivedPath {
+                        next_hop: set_next_hop(&route.attributes),
+                        attrs: route.attrs,
+                    };
+                    (route.prefix, path)
+                })
+                .collect()
+        };
+        info!(peer = %self.peer(), routes = adj_rib_in.len(), "routing configuration changed; re-evaluating");
+        self.route(routing::Input::PeerRoutingChanged {
+            address: self.peer(),
+            routing,
+            adj_rib_in,
+        });
     }
 
     fn send(&mut self, conn: ConnId, message: &Message) {
@@ -546,20 +729,117 @@ impl PeerTask {
         }
         *lock(&self.shared.established_at) = Some(Instant::now());
         self.last_connect_error = None;
-        self.established = Some(EstablishedSession {
-            negotiated,
-            local,
-            advertised: BTreeSet::new(),
-        });
-        let prefixes: Vec<IpNet> = lock(&self.prefixes).iter().copied().collect();
-        self.announce(&prefixes);
-        if let Some(session) = &self.established {
-            let conn = session.negotiated.conn;
-            for family in session.negotiated.families.iter().collect::<Vec<_>>() {
-                self.send(conn, &Message::Update(Update::end_of_rib_marker(family)));
+        if let Some(max_prefix) = &mut self.max_prefix {
+            max_prefix.reset();
+        }
+        let local_ip = socket::canonical_ip(local.ip());
+        let ibgp = negotiated.codec.ibgp;
+        let info = SessionInfo {
+            conn: negotiated.conn,
+            peer: PeerInfo {
+                address: self.peer(),
+                router_id: negotiated.peer_id,
+                remote_as: negotiated.peer_as,
+                kind: if ibgp { PeerKind::Ibgp } else { PeerKind::Ebgp },
+            },
+            local_as: self.local_as,
+            families: negotiated.families,
+            next_hop_v4: match (self.config.next_hop_v4, local_ip) {
+                (Some(v4), _) | (None, IpAddr::V4(v4)) => Some(v4),
+                (None, IpAddr::V6(_)) => None,
+            },
+            next_hop_v6: Some(match (self.config.next_hop_v6, local_ip) {
+                (Some(v6), _) | (None, IpAddr::V6(v6)) => v6,
+                (None, IpAddr::V4(v4)) => v4.to_ipv6_mapped(),
+            }),
+            peer_graceful_restart: negotiated.peer_open.graceful_restart().cloned(),
+        };
+        self.established = Some(EstablishedSession { negotiated });
+        // The Restart State bit describes this restart only: later sessions announce a normal start.
+        if let Some(gr) = self.graceful_restart.as_mut().filter(|gr| gr.restart_state) {
+            gr.restart_state = false;
+            self.session.set_graceful_restart(Some(gr.clone()));
+        }
+        self.route(routing::Input::PeerUp(info));
+        self.update_info();
+    }
+
+    /// Encodes and sends a batch of the routing task (only to the session it was made for).
+    fn export(&mut self, export: Export) {
+        let Some(session) = &self.established else {
+            return;
+        };
+        let ctx = session.negotiated.codec;
+        let current = session.negotiated.conn;
+        let mut buf = BytesMut::new();
+        match export {
+            Export::Routes { conn, changes } => {
+                if conn != current {
+                    return;
+                }
+                let mut withdrawn: [Vec<Nlri>; 2] = [Vec::new(), Vec::new()];
+                let mut groups: Vec<(&OutPath, Vec<Nlri>)> = Vec::new();
+                let mut index: HashMap<&OutPath, usize> = HashMap::new();
+                for (prefix, path) in &changes {
+                    match path {
+                        None => {
+                            withdrawn[usize::from(prefix.addr().is_ipv6())].push(Nlri::new(*prefix))
+                        }
+                        Some(path) => {
+                            let i = *index.entry(path.as_ref()).or_insert_with(|| {
+                                groups.push((path.as_ref(), Vec::new()));
+                                groups.len() - 1
+                            });
+                            groups[i].1.push(Nlri::new(*prefix));
+                        }
+                    }
+                }
+                let mut updates = Vec::new();
+                for nlri in withdrawn.iter().filter(|n| !n.is_empty()) {
+                    match Update::withdraw(nlri, &ctx) {
+                        Ok(more) => updates.extend(more),
+                        Err(e) => {
+                            warn!(peer = %self.peer(), error = %e, "cannot build the withdrawal")
+                        }
+                    }
+                }
+                for (path, nlri) in &groups {
+                    let next_hop = match path.next_hop {
+                        IpAddr::V4(v4) => NextHop::V4(v4),
+                        IpAddr::V6(global) => NextHop::V6 {
+                            global,
+                            link_local: None::<Ipv6Addr>,
+                        },
+                    };
+                    match Update::announce(&path.attrs, next_hop, nlri, &ctx) {
+                        Ok(more) => updates.extend(more),
+                        Err(e) => {
+                            warn!(peer = %self.peer(), error = %e, "cannot build the advertisement")
+                        }
+                    }
+                }
+                for update in updates {
+                    if let Err(e) = Message::Update(update).encode(&ctx, &mut buf) {
+                        warn!(peer = %self.peer(), error = %e, "cannot encode UPDATE");
+                    }
+                }
+            }
+            Export::EndOfRib { conn, families } => {
+                if conn != current {
+                    return;
+                }
+                for family in families.iter() {
+                    if let Err(e) =
+                        Message::Update(Update::end_of_rib_marker(family)).encode(&ctx, &mut buf)
+                    {
+                        warn!(peer = %self.peer(), error = %e, "cannot encode End-of-RIB");
+                    }
+                }
             }
         }
-        self.update_info();
+        if let Some(connection) = self.conns.get(&current).filter(|_| !buf.is_empty()) {
+            let _ = connection.writer.send(buf.freeze());
+        }
     }
 
     fn session_down(&mut self, reason: DownReason, was_established: bool) {
@@ -577,7 +857,13 @@ impl PeerTask {
                 rib.clear();
                 removed
             };
-            info!(peer = %self.peer(), routes = removed, "routes of the session removed");
+            // RFC 4724 §4.2: a session lost without a NOTIFICATION lets a GR-capable peer's routes stay.
+            let graceful = matches!(reason, DownReason::ConnectionClosed);
+            info!(peer = %self.peer(), routes = removed, graceful, "session down; Adj-RIB-In cleared");
+            self.route(routing::Input::PeerDown {
+                address: self.peer(),
+                graceful,
+            });
             release_free_memory();
         }
         self.established = None;
@@ -585,7 +871,6 @@ impl PeerTask {
         {
             let mut status = lock(&self.shared.status);
             status.last_error = Some(reason.to_string());
-            status.prefixes_advertised = 0;
             status.hold_time = None;
             status.keepalive_time = None;
             status.local_address = None;
@@ -594,140 +879,23 @@ impl PeerTask {
         self.update_info();
     }
 
-    /// Our path attributes: iBGP keeps an empty AS_PATH and sets LOCAL_PREF 100; eBGP prepends our AS.
-    fn attributes(&self, negotiated: &NegotiatedSession) -> PathAttributes {
-        let ibgp = negotiated.codec.ibgp;
-        PathAttributes {
-            origin: Some(Origin::Igp),
-            as_path: Some(if ibgp {
-                AsPath::default()
-            } else {
-                AsPath::from_sequence(vec![self.local_as])
-            }),
-            local_pref: ibgp.then_some(100),
-            ..PathAttributes::default()
-        }
-    }
-
-    /// The next hop for a family on this session, `None` when the family cannot be sent.
-    fn next_hop(&self, session: &EstablishedSession, family: AfiSafi) -> Option<NextHop> {
-        if !session.negotiated.families.contains(family) {
-            return None;
-        }
-        let local = socket::canonical_ip(session.local.ip());
-        if family == AfiSafi::IPV4_UNICAST {
-            match (self.config.next_hop_v4, local) {
-                (Some(v4), _) | (None, IpAddr::V4(v4)) => Some(NextHop::V4(v4)),
-                (None, IpAddr::V6(_)) => None,
-            }
-        } else {
-            let global = match (self.config.next_hop_v6, local) {
-                (Some(v6), _) | (None, IpAddr::V6(v6)) => v6,
-                (None, IpAddr::V4(v4)) => v4.to_ipv6_mapped(),
-            };
-            Some(NextHop::V6 {
-                global,
-                link_local: None::<Ipv6Addr>,
-            })
-        }
-    }
-
-    fn announce(&mut self, prefixes: &[IpNet]) {
-        let Some(session) = &self.established else {
-            return;
-        };
-        let attributes = self.attributes(&session.negotiated);
-        let mut sent = Vec::new();
-        let mut buf = BytesMut::new();
-        for family in [AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST] {
-            let nlri: Vec<Nlri> = prefixes
-                .iter()
-                .filter(|p| {
-                    matches!(
-                        (p, family.afi),
-                        (IpNet::V4(_), crate::wire::Afi::IPV4)
-                            | (IpNet::V6(_), crate::wire::Afi::IPV6)
-                    )
-                })
-                .map(|p| Nlri::new(*p))
-                .collect();
-            if nlri.is_empty() {
-                continue;
-            }
-            let Some(next_hop) = self.next_hop(session, family) else {
-                debug!(peer = %self.peer(), %family, "family not negotiated or no next hop; not advertised");
-                continue;
-            };
-            let updates = match Update::announce(
-                &attributes,
-                next_hop,
-                &nlri,
-                &session.negotiated.codec,
-            ) {
-                Ok(updates) => updates,
-                Err(e) => {
-                    warn!(peer = %self.peer(), %family, error = %e, "cannot build the advertisement");
-                    continue;
-                }
-            };
-            for update in updates {
-                if let Err(e) = Message::Update(update).encode(&session.negotiated.codec, &mut buf)
-                {
-                    warn!(peer = %self.peer(), error = %e, "cannot encode UPDATE");
-                }
-            }
-            sent.extend(nlri.iter().map(|n| n.prefix));
-        }
-        let conn = session.negotiated.conn;
-        if let Some(connection) = self.conns.get(&conn).filter(|_| !buf.is_empty()) {
-            let _ = connection.writer.send(buf.freeze());
-        }
-        if let Some(session) = &mut self.established {
-            session.advertised.extend(sent);
-            lock(&self.shared.status).prefixes_advertised = session.advertised.len();
-        }
-    }
-
-    fn withdraw(&mut self, prefix: IpNet) {
-        let Some(session) = &mut self.established else {
-            return;
-        };
-        if !session.advertised.remove(&prefix) {
-            return;
-        }
-        let ctx = session.negotiated.codec;
-        let conn = session.negotiated.conn;
-        lock(&self.shared.status).prefixes_advertised = session.advertised.len();
-        match Update::withdraw(&[Nlri::new(prefix)], &ctx) {
-            Ok(updates) => {
-                for update in updates {
-                    self.send(conn, &Message::Update(update));
-                }
-            }
-            Err(e) => warn!(peer = %self.peer(), error = %e, "cannot build the withdrawal"),
-        }
-    }
-
-    /// RFC 2918 §4: on a ROUTE-REFRESH, re-advertise the Adj-RIB-Out of that family.
+    /// RFC 2918 §4: on a ROUTE-REFRESH, the routing task sends the Adj-RIB-Out of that family again.
     fn refresh_requested(&mut self, refresh: RouteRefresh) {
         if refresh.subtype != RouteRefreshSubtype::Normal {
             return; // BoRR/EoRR are enhanced route refresh (not negotiated); unknown subtypes are ignored
         }
         let family = AfiSafi::new(refresh.afi, refresh.safi);
-        info!(peer = %self.peer(), %family, "ROUTE-REFRESH received; re-advertising");
         let Some(session) = &self.established else {
             return;
         };
         if !session.negotiated.families.contains(family) {
             return;
         }
-        let prefixes: Vec<IpNet> = session
-            .advertised
-            .iter()
-            .copied()
-            .filter(|p| (family.afi == crate::wire::Afi::IPV4) == matches!(p, IpNet::V4(_)))
-            .collect();
-        self.announce(&prefixes);
+        info!(peer = %self.peer(), %family, "ROUTE-REFRESH received; re-advertising");
+        self.route(routing::Input::RefreshRequested {
+            address: self.peer(),
+            family,
+        });
     }
 
     fn send_refresh(&mut self) -> Result<(), SpeakerError> {
@@ -749,6 +917,15 @@ impl PeerTask {
             self.send(conn, &Message::RouteRefresh(refresh));
         }
         Ok(())
+    }
+}
+
+/// The next hop of a stored attribute set as an address (the global one for IPv6).
+fn set_next_hop(set: &AttributeSet) -> Option<IpAddr> {
+    match set.next_hop {
+        Some(NextHop::V4(v4)) => Some(v4.into()),
+        Some(NextHop::V6 { global, .. }) => Some(global.into()),
+        None => None,
     }
 }
 

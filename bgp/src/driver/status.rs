@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::decision::{Explained, Ineligible, PeerKind, Selected, Verdict};
 use crate::rib::Route;
-use crate::wire::{Origin, SegmentType};
+use crate::wire::{Origin, PathAttributes, SegmentType};
 
 /// One peer's session, as `GET /v1/bgp/peers` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -35,6 +36,8 @@ pub struct PeerStatus {
     pub capabilities: Vec<String>,
     pub prefixes_received: usize,
     pub prefixes_advertised: usize,
+    /// Routes kept through the peer's graceful restart that it has not sent again yet.
+    pub stale_routes: usize,
     /// UPDATE messages received since the speaker started (all sessions).
     pub updates_received: u64,
     pub passive: bool,
@@ -67,55 +70,166 @@ pub struct RouteView {
 impl RouteView {
     pub fn new(peer: IpAddr, route: &Route) -> RouteView {
         let attrs = &route.attrs;
-        let mut as_path = String::new();
-        for segment in attrs.as_path.iter().flat_map(|p| p.segments.iter()) {
-            let (open, close) = match segment.kind {
-                SegmentType::Sequence => ("", ""),
-                SegmentType::Set => ("{", "}"),
-                SegmentType::ConfedSequence => ("(", ")"),
-                SegmentType::ConfedSet => ("[", "]"),
-            };
-            if !as_path.is_empty() {
-                as_path.push(' ');
-            }
-            as_path.push_str(open);
-            for (i, asn) in segment.asns.iter().enumerate() {
-                if i > 0 {
-                    as_path.push(' ');
-                }
-                let _ = write!(as_path, "{asn}");
-            }
-            as_path.push_str(close);
-        }
         RouteView {
             peer,
             prefix: route.prefix,
             path_id: route.path_id,
             next_hop: route.next_hop(),
-            as_path,
-            origin: attrs.origin.map(|origin| match origin {
-                Origin::Igp => "igp",
-                Origin::Egp => "egp",
-                Origin::Incomplete => "incomplete",
-            }),
+            as_path: as_path_text(attrs),
+            origin: origin_name(attrs),
             med: attrs.med,
             local_pref: attrs.local_pref,
-            communities: attrs
-                .communities
-                .iter()
-                .map(|c| format!("{}:{}", c.0 >> 16, c.0 & 0xffff))
-                .collect(),
-            large_communities: attrs
-                .large_communities
-                .iter()
-                .map(|c| format!("{}:{}:{}", c.global_admin, c.local_data1, c.local_data2))
-                .collect(),
+            communities: communities_text(attrs),
+            large_communities: large_communities_text(attrs),
         }
     }
 }
 
-/// RFC 3339 UTC timestamp with milliseconds, without a date crate. Milliseconds because a session that
-/// drops and comes back within one second must still show a new `since`.
+/// One path of a prefix in the Loc-RIB, ranked and explained (`reefctl bgp rib PREFIX`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RibPathView {
+    pub rank: usize,
+    /// The peer the path came from; `None` for a locally originated path.
+    pub peer: Option<IpAddr>,
+    /// "iBGP", "eBGP" or "local".
+    pub peer_type: String,
+    pub router_id: Ipv4Addr,
+    /// "best", "multipath", "not selected", "ineligible: ...".
+    pub verdict: String,
+    /// Why the path won or lost ("higher LOCAL_PREF (200 > 100)").
+    pub reason: Option<String>,
+    /// The path it lost to, when not the best path.
+    pub against: Option<IpAddr>,
+    pub next_hop: Option<IpAddr>,
+    pub as_path: String,
+    pub origin: Option<&'static str>,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub communities: Vec<String>,
+    pub large_communities: Vec<String>,
+    pub originator_id: Option<Ipv4Addr>,
+    pub cluster_list: Vec<Ipv4Addr>,
+    /// Kept through the peer's graceful restart.
+    pub stale: bool,
+}
+
+impl RibPathView {
+    pub fn new(explained: &Explained) -> RibPathView {
+        let c = &explained.candidate;
+        let attrs = &c.attrs;
+        RibPathView {
+            rank: explained.rank,
+            peer: (c.peer.kind != PeerKind::Local).then_some(c.peer.address),
+            peer_type: c.peer.kind.to_string(),
+            router_id: c.peer.router_id,
+            verdict: match explained.verdict {
+                Verdict::Best => "best".into(),
+                Verdict::Multipath => "multipath".into(),
+                Verdict::NotSelected => "not selected".into(),
+                Verdict::Ineligible(Ineligible::AsLoop) => "ineligible: AS loop".into(),
+                Verdict::Ineligible(Ineligible::NextHopUnreachable) => {
+                    "ineligible: next hop unreachable".into()
+                }
+            },
+            reason: explained.reason.map(|r| r.to_string()),
+            against: explained.against,
+            next_hop: c.next_hop,
+            as_path: as_path_text(attrs),
+            origin: origin_name(attrs),
+            local_pref: attrs.local_pref,
+            med: attrs.med,
+            communities: communities_text(attrs),
+            large_communities: large_communities_text(attrs),
+            originator_id: attrs.originator_id,
+            cluster_list: attrs.cluster_list.clone(),
+            stale: c.stale,
+        }
+    }
+}
+
+/// A prefix of the Loc-RIB with its selection (`reefctl bgp rib`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocRibRouteView {
+    pub prefix: IpNet,
+    /// The best path's peer; `None` when locally originated.
+    pub peer: Option<IpAddr>,
+    /// Next hops of the best path and its ECMP set (what the kernel gets).
+    pub next_hops: Vec<IpAddr>,
+    pub as_path: String,
+    pub local_pref: Option<u32>,
+    /// Number of candidate paths.
+    pub paths: usize,
+    pub stale: bool,
+}
+
+impl LocRibRouteView {
+    pub fn new(prefix: IpNet, selected: &Selected, paths: usize) -> LocRibRouteView {
+        let best = &selected.best;
+        let mut next_hops: Vec<IpAddr> = selected.paths().filter_map(|c| c.next_hop).collect();
+        next_hops.dedup();
+        LocRibRouteView {
+            prefix,
+            peer: (best.peer.kind != PeerKind::Local).then_some(best.peer.address),
+            next_hops,
+            as_path: as_path_text(&best.attrs),
+            local_pref: best.attrs.local_pref,
+            paths,
+            stale: best.stale,
+        }
+    }
+}
+
+/// An AS path as BIRD and FRR print it: sequences space-separated, sets in braces.
+fn as_path_text(attrs: &PathAttributes) -> String {
+    let mut as_path = String::new();
+    for segment in attrs.as_path.iter().flat_map(|p| p.segments.iter()) {
+        let (open, close) = match segment.kind {
+            SegmentType::Sequence => ("", ""),
+            SegmentType::Set => ("{", "}"),
+            SegmentType::ConfedSequence => ("(", ")"),
+            SegmentType::ConfedSet => ("[", "]"),
+        };
+        if !as_path.is_empty() {
+            as_path.push(' ');
+        }
+        as_path.push_str(open);
+        for (i, asn) in segment.asns.iter().enumerate() {
+            if i > 0 {
+                as_path.push(' ');
+            }
+            let _ = write!(as_path, "{asn}");
+        }
+        as_path.push_str(close);
+    }
+    as_path
+}
+
+fn origin_name(attrs: &PathAttributes) -> Option<&'static str> {
+    attrs.origin.map(|origin| match origin {
+        Origin::Igp => "igp",
+        Origin::Egp => "egp",
+        Origin::Incomplete => "incomplete",
+    })
+}
+
+fn communities_text(attrs: &PathAttributes) -> Vec<String> {
+    attrs
+        .communities
+        .iter()
+        .map(|c| format!("{}:{}", c.0 >> 16, c.0 & 0xffff))
+        .collect()
+}
+
+fn large_communities_text(attrs: &PathAttributes) -> Vec<String> {
+    attrs
+        .large_communities
+        .iter()
+        .map(|c| format!("{}:{}:{}", c.global_admin, c.local_data1, c.local_data2))
+        .collect()
+}
+
 pub fn rfc3339(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let (secs, millis) = (since_epoch.as_secs(), since_epoch.subsec_millis());

@@ -33,6 +33,7 @@ pub async fn speaker(
         router_id,
         local_as,
         listen: Some(SocketAddr::new(address, 0)),
+        routing: reef_bgp::routing::RoutingConfig::default(),
     };
     Speaker::start(
         config,
