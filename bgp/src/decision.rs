@@ -89,6 +89,8 @@ pub struct Candidate {
     /// The address packets for the prefix are sent to (NEXT_HOP or the MP_REACH next hop); `None` for
     /// locally originated paths.
     pub next_hop: Option<IpAddr>,
+    /// How many times our AS may appear in the AS_PATH (the peer's `numAllowedLocalASNumbers`).
+    pub own_as_allowed: u8,
     /// Graceful restart: the peer's session went down and this path is kept until the peer's
     /// End-of-RIB or the restart timer (RFC 4724 §4.2). It still forwards and is still selected.
     pub stale: bool,
@@ -103,6 +105,7 @@ impl Candidate {
             igp_cost: 0,
             next_hop_reachable: true,
             next_hop: None,
+            own_as_allowed: 0,
             stale: false,
         }
     }
@@ -147,12 +150,14 @@ impl Candidate {
     }
 
     fn is_eligible(&self, local_as: u32) -> bool {
-        self.next_hop_reachable
-            && !self
-                .attrs
-                .as_path
-                .as_ref()
-                .is_some_and(|path| path.contains(local_as))
+        let own = self.attrs.as_path.as_ref().map_or(0, |path| {
+            path.segments
+                .iter()
+                .flat_map(|segment| &segment.asns)
+                .filter(|asn| **asn == local_as)
+                .count()
+        });
+        self.next_hop_reachable && own <= usize::from(self.own_as_allowed)
     }
 }
 

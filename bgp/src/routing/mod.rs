@@ -428,6 +428,7 @@ impl Routing {
                             let mut candidate = Candidate::new(session.peer, attrs);
                             candidate.next_hop = path.next_hop;
                             candidate.next_hop_reachable = path.next_hop.is_some();
+                            candidate.own_as_allowed = peer.routing.allow_own_as;
                             Some(candidate)
                         }
                     }
@@ -517,9 +518,8 @@ impl Routing {
         let mut reflected = false;
         if best.peer.kind == PeerKind::Ibgp && to_ibgp {
             // RFC 4456 §6: from a client to all peers; from a non-client to the clients only.
-            if self.config.cluster_id.is_none() {
-                return None; // RFC 4271 §9.2: no iBGP path to iBGP peers unless reflecting
-            }
+            // RFC 4271 §9.2: no iBGP path to iBGP peers unless reflecting.
+            self.config.cluster_id?;
             let from_client = self
                 .peers
                 .get(&best.peer.address)
@@ -847,3 +847,6 @@ impl Routing {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
