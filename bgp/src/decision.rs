@@ -629,6 +629,8 @@ impl LocRib {
                 Displaced::Replaced(i, std::mem::replace(&mut entry.candidates[i], candidate))
             }
             None => {
+                // Most prefixes have one or two paths: grow one at a time, not to Vec's minimum of 4.
+                entry.candidates.reserve_exact(1);
                 entry.candidates.push(candidate);
                 Displaced::Nothing
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use reef_bgp::driver::{PeerConfig, PeerStatus, RouteView, Speaker, SpeakerConfig};
+use reef_bgp::routing::RoutingConfig;
 
 pub const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 pub const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -25,6 +26,24 @@ pub async fn speaker(
     local_as: u32,
     prefixes: &[&str],
 ) -> Speaker {
+    speaker_with(
+        address,
+        router_id,
+        local_as,
+        prefixes,
+        RoutingConfig::default(),
+    )
+    .await
+}
+
+/// [`speaker`] with routing settings (reflection, graceful restart, FIB updates).
+pub async fn speaker_with(
+    address: IpAddr,
+    router_id: Ipv4Addr,
+    local_as: u32,
+    prefixes: &[&str],
+    routing: RoutingConfig,
+) -> Speaker {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -33,7 +52,7 @@ pub async fn speaker(
         router_id,
         local_as,
         listen: Some(SocketAddr::new(address, 0)),
-        routing: reef_bgp::routing::RoutingConfig::default(),
+        routing,
     };
     Speaker::start(
         config,
