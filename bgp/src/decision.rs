@@ -80,7 +80,8 @@ pub struct PeerInfo {
 /// One path for a prefix, as offered to the decision process.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Candidate {
-    pub peer: PeerInfo,
+    /// Shared by every path of the session (a full table holds a million candidates).
+    pub peer: Arc<PeerInfo>,
     pub attrs: Arc<PathAttributes>,
     /// IGP cost to the next hop (0 when there is no IGP, as on a Reef node).
     pub igp_cost: u32,
@@ -99,6 +100,11 @@ pub struct Candidate {
 impl Candidate {
     /// A path with a reachable next hop at IGP cost 0.
     pub fn new(peer: PeerInfo, attrs: Arc<PathAttributes>) -> Candidate {
+        Candidate::shared(Arc::new(peer), attrs)
+    }
+
+    /// A path with a reachable next hop at IGP cost 0, from a peer whose info the caller shares.
+    pub fn shared(peer: Arc<PeerInfo>, attrs: Arc<PathAttributes>) -> Candidate {
         Candidate {
             peer,
             attrs,
@@ -1425,7 +1431,7 @@ mod tests {
                         };
                         let mut c =
                             cand(n, if ebgp { PeerKind::Ebgp } else { PeerKind::Ibgp }, attrs);
-                        c.peer.router_id = Ipv4Addr::new(10, 0, 0, id);
+                        Arc::make_mut(&mut c.peer).router_id = Ipv4Addr::new(10, 0, 0, id);
                         c.igp_cost = igp_cost;
                         c.next_hop_reachable = reachable;
                         c

@@ -177,6 +177,8 @@ struct Peer {
     stale: HashSet<IpNet>,
     /// Families whose End-of-RIB arrived on the current session.
     end_of_rib: AfiSafiSet,
+    /// The session's peer info, shared by all its candidates.
+    info: Option<Arc<PeerInfo>>,
 }
 
 impl Peer {
@@ -190,6 +192,7 @@ impl Peer {
             adj_rib_out: HashMap::new(),
             stale: HashSet::new(),
             end_of_rib: AfiSafiSet::EMPTY,
+            info: None,
         }
     }
 }
@@ -198,10 +201,10 @@ impl Peer {
 pub struct Routing {
     config: RoutingConfig,
     router_id: Ipv4Addr,
-    local_as: u32,
     loc_rib: LocRib,
     peers: BTreeMap<IpAddr, Peer>,
     local_attrs: Arc<PathAttributes>,
+    local_peer: Arc<PeerInfo>,
     fib_synced: bool,
     outputs: Vec<Output>,
     fib: Vec<FibRoute>,
@@ -240,12 +243,17 @@ impl Routing {
             loc_rib: LocRib::with_max_paths(local_as, config.max_paths),
             config,
             router_id,
-            local_as,
             peers: BTreeMap::new(),
             local_attrs: Arc::new(PathAttributes {
                 origin: Some(Origin::Igp),
                 as_path: Some(AsPath::default()),
                 ..PathAttributes::default()
+            }),
+            local_peer: Arc::new(PeerInfo {
+                address: LOCAL_PEER,
+                router_id,
+                remote_as: local_as,
+                kind: PeerKind::Local,
             }),
             fib_synced: false,
             outputs: Vec::new(),
@@ -329,7 +337,8 @@ impl Routing {
             Input::EndOfRib { address, family } => self.end_of_rib(address, family),
             Input::RefreshRequested { address, family } => self.refresh(address, family),
             Input::Originate(prefix) => {
-                let candidate = Candidate::new(self.local_peer(), self.local_attrs.clone());
+                let candidate =
+                    Candidate::shared(self.local_peer.clone(), self.local_attrs.clone());
                 let change = self.loc_rib.insert(prefix.trunc(), candidate);
                 self.best_changed(change);
             }
@@ -362,15 +371,6 @@ impl Routing {
         std::mem::take(&mut self.outputs)
     }
 
-    fn local_peer(&self) -> PeerInfo {
-        PeerInfo {
-            address: LOCAL_PEER,
-            router_id: self.router_id,
-            remote_as: self.local_as,
-            kind: PeerKind::Local,
-        }
-    }
-
     fn sync_fib(&mut self) {
         self.fib_synced = true;
         self.flush_fib();
@@ -400,8 +400,8 @@ impl Routing {
             return;
         };
         peer.stale.remove(&prefix);
-        let candidate = match (path, &peer.session) {
-            (Some(path), Some(session)) => {
+        let candidate = match (path, &peer.info) {
+            (Some(path), Some(info)) => {
                 let looped = path.attrs.originator_id == Some(self.router_id)
                     || self
                         .config
@@ -425,7 +425,7 @@ impl Routing {
                                 Cow::Borrowed(_) => path.attrs.clone(),
                                 Cow::Owned(changed) => Arc::new(changed),
                             };
-                            let mut candidate = Candidate::new(session.peer, attrs);
+                            let mut candidate = Candidate::shared(info.clone(), attrs);
                             candidate.next_hop = path.next_hop;
                             candidate.next_hop_reachable = path.next_hop.is_some();
                             candidate.own_as_allowed = peer.routing.allow_own_as;
@@ -628,6 +628,7 @@ impl Routing {
         let Some(peer) = self.peers.get_mut(&address) else {
             return;
         };
+        peer.info = Some(Arc::new(session.peer));
         peer.session = Some(session);
         peer.end_of_rib = AfiSafiSet::EMPTY;
         peer.adj_rib_out.clear();
@@ -752,6 +753,7 @@ impl Routing {
             session: peer.session.take(),
             adj_rib_out: std::mem::take(&mut peer.adj_rib_out),
             end_of_rib: peer.end_of_rib,
+            info: peer.info.take(),
             stale,
             ..Peer::new(routing, ebgp)
         };
