@@ -148,12 +148,19 @@ async fn full_table_from_one_peer_lands_in_the_adj_rib_in() {
     })
     .await;
     let elapsed = started.elapsed();
+    let selected = eventually(120, || {
+        Some(()).filter(|_| speaker.loc_rib_len() == prefixes as usize)
+    })
+    .await;
+    let selected_after = started.elapsed();
     eprintln!(
-        "ingest: {prefixes} prefixes, {sets} attribute sets in {elapsed:?}; RSS {} -> {} KiB (peak {} KiB)",
+        "ingest: {prefixes} prefixes, {sets} attribute sets in {elapsed:?} (Adj-RIB-In), \
+         {selected_after:?} (Loc-RIB); RSS {} -> {} KiB (peak {} KiB)",
         rss_before,
         vm_kib("VmRSS:"),
         vm_kib("VmHWM:")
     );
+    assert!(selected.is_some(), "every prefix selected in the Loc-RIB");
     assert_eq!(
         loaded,
         Some(prefixes as usize),

@@ -336,6 +336,11 @@ impl Speaker {
             .collect()
     }
 
+    /// Number of prefixes in the Loc-RIB.
+    pub fn loc_rib_len(&self) -> usize {
+        lock(&self.shared.routing).loc_rib().len()
+    }
+
     /// The Loc-RIB: every prefix with its selected path, sorted by prefix.
     pub fn loc_rib(&self) -> Vec<LocRibRouteView> {
         let routing = lock(&self.shared.routing);
