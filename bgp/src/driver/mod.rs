@@ -156,6 +156,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Hands memory freed by a table load (decoded batches spread over the worker threads' malloc arenas,
+/// the hash tables' smaller predecessors) back to the kernel; glibc keeps it otherwise.
+pub(super) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A BGP speaker: a listener and a set of peers with their sessions.
 pub struct Speaker {
     shared: Arc<SpeakerShared>,

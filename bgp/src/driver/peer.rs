@@ -19,7 +19,7 @@ use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
 use super::status::{PeerStatus, rfc3339};
-use super::{PeerConfig, SpeakerConfig, SpeakerError, lock, socket};
+use super::{PeerConfig, SpeakerConfig, SpeakerError, lock, release_free_memory, socket};
 use crate::decision::{PeerInfo, PeerKind};
 use crate::fsm::{
     ConnId, DownReason, Input, NegotiatedSession, Output, Session, SessionConfig, State, Timer,
@@ -1000,16 +1000,6 @@ async fn read_loop(
                 return;
             }
         }
-    }
-}
-
-/// Hands memory freed by a table load (decoded batches spread over the worker threads' malloc arenas,
-/// the hash tables' smaller predecessors) back to the kernel; glibc keeps it otherwise.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -10,12 +10,23 @@ use tokio::time::sleep_until;
 use tracing::warn;
 
 use super::peer::Export;
-use super::{SpeakerShared, lock};
+use super::{SpeakerShared, lock, release_free_memory};
 use crate::routing::{FibRoute, FibUpdate, Input, Output, Routing, Timer};
 
 /// Inputs taken in one go before the outputs are carried out: batches FIB changes and route sends
 /// during a table load without delaying a single change.
 const INPUT_BATCH: usize = 64;
+/// Route changes after which an idle routing task hands freed memory back (a table load frees its
+/// batches and the Loc-RIB's outgrown hash tables).
+const TRIM_AFTER_CHANGES: usize = 100_000;
+
+fn changes_in(input: &Input) -> usize {
+    match input {
+        Input::Routes { changes, .. } => changes.len(),
+        Input::PeerRoutingChanged { adj_rib_in, .. } => adj_rib_in.len(),
+        _ => 0,
+    }
+}
 
 pub(super) async fn run(
     core: Arc<Mutex<Routing>>,
@@ -24,6 +35,7 @@ pub(super) async fn run(
     fib: Option<mpsc::UnboundedSender<FibUpdate>>,
 ) {
     let mut timers: HashMap<Timer, Instant> = HashMap::new();
+    let mut untrimmed = 0usize;
     let first = lock(&core).start();
     execute(first, &speaker, fib.as_ref(), &mut timers);
     loop {
@@ -33,10 +45,14 @@ pub(super) async fn run(
             input = inputs.recv() => {
                 let Some(input) = input else { return };
                 let mut core = lock(&core);
+                untrimmed += changes_in(&input);
                 outputs.extend(core.handle(input));
                 for _ in 1..INPUT_BATCH {
                     match inputs.try_recv() {
-                        Ok(input) => outputs.extend(core.handle(input)),
+                        Ok(input) => {
+                            untrimmed += changes_in(&input);
+                            outputs.extend(core.handle(input));
+                        }
                         Err(_) => break,
                     }
                 }
@@ -52,6 +68,10 @@ pub(super) async fn run(
             }
         }
         execute(outputs, &speaker, fib.as_ref(), &mut timers);
+        if untrimmed >= TRIM_AFTER_CHANGES && inputs.is_empty() {
+            untrimmed = 0;
+            release_free_memory();
+        }
     }
 }
 

@@ -445,13 +445,15 @@ impl Routing {
 
     fn best_changed(&mut self, change: Option<BestChange>) {
         let Some(change) = change else { return };
-        let old_hops = fib_next_hops(change.old.as_ref());
-        let new_hops = fib_next_hops(change.new.as_ref());
-        if old_hops != new_hops {
-            self.fib.push(FibRoute {
-                prefix: change.prefix,
-                next_hops: new_hops,
-            });
+        if self.config.fib {
+            let old_hops = fib_next_hops(change.old.as_ref());
+            let new_hops = fib_next_hops(change.new.as_ref());
+            if old_hops != new_hops {
+                self.fib.push(FibRoute {
+                    prefix: change.prefix,
+                    next_hops: new_hops,
+                });
+            }
         }
         let best = change.new.as_ref().map(|s| &s.best);
         let old_best = change.old.as_ref().map(|s| &s.best);

@@ -61,6 +61,10 @@ struct Lab {
 
 impl Lab {
     fn new(config: RoutingConfig) -> Lab {
+        let config = RoutingConfig {
+            fib: true,
+            ..config
+        };
         let mut routing = Routing::new(ROUTER_ID, LOCAL_AS, config);
         let out = routing.start();
         Lab { routing, out }
