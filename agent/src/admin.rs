@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{FromRef, Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +20,21 @@ use serde_json::json;
 use tokio::net::UnixListener;
 
 use crate::config::check_prefix;
+use crate::fib::FibStats;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub speaker: Arc<Speaker>,
+    /// Set when reefd programs kernel routes.
+    pub fib: Option<Arc<FibStats>>,
+}
+
+impl FromRef<AdminState> for Arc<Speaker> {
+    fn from_ref(state: &AdminState) -> Arc<Speaker> {
+        state.speaker.clone()
+    }
+}
 
 type Api = State<Arc<Speaker>>;
 
@@ -50,7 +65,7 @@ impl From<SpeakerError> for ApiError {
     }
 }
 
-pub fn router(speaker: Arc<Speaker>) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -61,14 +76,14 @@ pub fn router(speaker: Arc<Speaker>) -> Router {
             get(prefixes).post(advertise).delete(withdraw),
         )
         .route("/v1/bgp/peers/{addr}/refresh", post(refresh))
-        .with_state(speaker)
+        .route("/v1/bgp/rib", get(rib))
+        .route("/v1/bgp/rib/{prefix}", get(rib_prefix))
+        .route("/v1/bgp/rib/{address}/{length}", get(rib_prefix_unencoded))
+        .with_state(state)
 }
 
 /// Binds the socket (replacing a stale one, creating the directory) and serves until the task ends.
-pub async fn serve(
-    path: &Path,
-    speaker: Arc<Speaker>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(path: &Path, state: AdminState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -82,7 +97,7 @@ pub async fn serve(
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot bind admin socket {}", path.display()))?;
-    let app = router(speaker);
+    let app = router(state);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin API stopped");
@@ -189,12 +204,84 @@ async fn refresh(
     Ok(axum::Json(json!({ "peer": peer, "sent": true })))
 }
 
-async fn metrics(State(speaker): Api) -> impl IntoResponse {
-    let peers = speaker.peers();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_metrics(&peers),
-    )
+async fn rib(State(speaker): Api) -> Result<Response, ApiError> {
+    // A full table's JSON takes a while: off the async workers.
+    tokio::task::spawn_blocking(move || axum::Json(speaker.loc_rib()).into_response())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `GET /v1/bgp/rib/10.0.0.0%2F24` (the path segment is percent-decoded by the extractor); a bare
+/// address means its host prefix.
+async fn rib_prefix(
+    State(speaker): Api,
+    UrlPath(prefix): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    explain(&speaker, &prefix)
+}
+
+/// `GET /v1/bgp/rib/10.0.0.0/24`: the same with the slash unencoded.
+async fn rib_prefix_unencoded(
+    State(speaker): Api,
+    UrlPath((address, length)): UrlPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    explain(&speaker, &format!("{address}/{length}"))
+}
+
+fn explain(speaker: &Speaker, text: &str) -> Result<Response, ApiError> {
+    let prefix = match text.parse::<IpNet>() {
+        Ok(prefix) => prefix,
+        Err(_) => text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{text:?} is not an IP prefix (e.g. 10.0.0.0/24, URL-encoded as 10.0.0.0%2F24)"
+                ),
+            )
+        })?,
+    };
+    check_prefix(&prefix).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(axum::Json(speaker.explain(prefix)).into_response())
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let peers = state.speaker.peers();
+    let mut text = render_metrics(&peers);
+    if let Some(fib) = &state.fib {
+        render_fib_metrics(&mut text, fib);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Prometheus text of the kernel route programming.
+pub fn render_fib_metrics(out: &mut String, fib: &FibStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let metrics = [
+        (
+            "reef_fib_routes",
+            "gauge",
+            "Reef routes installed in the kernel routing table.",
+            fib.routes.load(Relaxed),
+        ),
+        (
+            "reef_fib_errors_total",
+            "counter",
+            "Route operations the kernel refused and failed netlink exchanges.",
+            fib.errors.load(Relaxed),
+        ),
+        (
+            "reef_fib_synced",
+            "gauge",
+            "1 once the kernel table was synced with the converged Loc-RIB.",
+            fib.synced.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
 }
 
 /// Name, help text and value of a per-peer metric.
@@ -287,11 +374,22 @@ mod tests {
             router_id: "192.0.2.1".parse().unwrap(),
             local_as: 64512,
             listen: None,
+            routing: Default::default(),
         };
         let mut peer = PeerConfig::new("192.0.2.2".parse().unwrap(), 65001);
         peer.passive = true;
         let speaker = Arc::new(Speaker::start(config, vec![peer], vec![]).await.unwrap());
-        let server = serve(&socket, speaker.clone()).await.unwrap();
+        let fib = Arc::new(FibStats::default());
+        fib.routes.store(3, std::sync::atomic::Ordering::Relaxed);
+        let server = serve(
+            &socket,
+            AdminState {
+                speaker: speaker.clone(),
+                fib: Some(fib),
+            },
+        )
+        .await
+        .unwrap();
 
         assert_eq!(
             http(&socket, "GET", "/healthz", "").await,
@@ -317,6 +415,24 @@ mod tests {
             speaker.prefixes(),
             ["10.65.0.0/26".parse::<IpNet>().unwrap()]
         );
+        // The routing task takes the prefix into the Loc-RIB asynchronously: bounded wait.
+        let mut rib = serde_json::Value::Null;
+        for _ in 0..100 {
+            let (status, body) = http(&socket, "GET", "/v1/bgp/rib", "").await;
+            assert_eq!(status, 200);
+            rib = serde_json::from_str(&body).unwrap();
+            if rib.as_array().is_some_and(|routes| !routes.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(rib[0]["prefix"], "10.65.0.0/26", "{rib}");
+        assert_eq!(rib[0]["peer"], serde_json::Value::Null, "{rib}");
+        let (status, body) = http(&socket, "GET", "/v1/bgp/rib/10.65.0.0%2F26", "").await;
+        assert_eq!(status, 200);
+        let paths: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(paths[0]["verdict"], "best", "{paths}");
+        assert_eq!(paths[0]["peerType"], "local", "{paths}");
         let (status, body) = http(
             &socket,
             "POST",
@@ -376,6 +492,24 @@ mod tests {
         assert!(
             metrics.contains("reef_bgp_prefixes_received{peer=\"192.0.2.2\"} 0"),
             "{metrics}"
+        );
+        assert!(metrics.contains("\nreef_fib_routes 3\n"), "{metrics}");
+        assert!(metrics.contains("\nreef_fib_errors_total 0\n"), "{metrics}");
+
+        // Never advertised: no paths, with the slash encoded or not, or as a bare address.
+        for path in [
+            "/v1/bgp/rib/10.66.0.0%2F26",
+            "/v1/bgp/rib/10.66.0.0/26",
+            "/v1/bgp/rib/10.66.0.1",
+        ] {
+            assert_eq!(http(&socket, "GET", path, "").await, (200, "[]".into()));
+        }
+        let (status, body) = http(&socket, "GET", "/v1/bgp/rib/10.65.0.1%2F26", "").await;
+        assert_eq!(status, 400);
+        assert!(body.contains("host bits"), "{body}");
+        assert_eq!(
+            http(&socket, "GET", "/v1/bgp/rib/nonsense", "").await.0,
+            400
         );
         server.abort();
         speaker.shutdown().await;

@@ -1,6 +1,7 @@
 //! The YAML config file of speaker mode (format in README.md). Field names follow Calico's
 //! BGPConfiguration/BGPPeer where they exist.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,7 +9,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ipnet::IpNet;
 use reef_bgp::driver::{PeerConfig, SpeakerConfig};
+use reef_bgp::policy::MaxPrefix;
+use reef_bgp::routing::{GracefulRestartConfig, NextHopMode, PeerRouting, RoutingConfig};
+use reef_crds::Validate;
+use reef_crds::bgp::{BGPFilter, BGPFilterRule, BGPFilterSpec, BfdConfig};
 use serde::Deserialize;
+
+use crate::filters::{self, AnyCommunity, parse_community};
+
+/// The largest restart time the graceful restart capability can carry (12 bits, RFC 4724 §3).
+const MAX_RESTART_TIME: u32 = 4095;
+/// The ECMP set size when `maxPaths` is not given.
+const DEFAULT_MAX_PATHS: usize = 8;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -23,6 +35,92 @@ pub struct Config {
     pub prefixes: Vec<IpNet>,
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Set: reflect routes (RFC 4456) for the peers with `routeReflectorClient`.
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    /// ECMP set size (1 = no multipath); 8 when unset.
+    pub max_paths: Option<usize>,
+    /// Learned routes equal to, covering or inside these are refused unless a filter accepts them.
+    #[serde(default)]
+    pub protected_prefixes: Vec<IpNet>,
+    /// Absent: no graceful restart.
+    pub graceful_restart: Option<GracefulRestart>,
+    /// Absent: no kernel routes (speaker only).
+    pub fib: Option<Fib>,
+    /// Named BGPFilter specs, referenced from `peers[].filters`.
+    #[serde(default)]
+    pub filters: Vec<NamedFilter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GracefulRestart {
+    /// Seconds peers keep our routes while we restart (advertised); 120 when unset.
+    pub restart_time: Option<u32>,
+    /// Seconds a restarted peer's stale routes are kept at most; 360 when unset.
+    pub stale_routes_time: Option<u64>,
+    /// Seconds we wait at most for the peers' End-of-RIB before the first FIB sync; 30 when unset.
+    pub selection_deferral_time: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fib {
+    /// The kernel routing table; the main table (254) when unset.
+    #[serde(default = "Fib::default_table")]
+    pub table: u32,
+}
+
+impl Fib {
+    fn default_table() -> u32 {
+        reef_felix::fib::MAIN_TABLE
+    }
+}
+
+/// A BGPFilter spec with its name (fields of Calico's BGPFilter `spec`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamedFilter {
+    pub name: String,
+    #[serde(default, rename = "importV4")]
+    pub import_v4: Vec<BGPFilterRule>,
+    #[serde(default, rename = "exportV4")]
+    pub export_v4: Vec<BGPFilterRule>,
+    #[serde(default, rename = "importV6")]
+    pub import_v6: Vec<BGPFilterRule>,
+    #[serde(default, rename = "exportV6")]
+    pub export_v6: Vec<BGPFilterRule>,
+}
+
+impl NamedFilter {
+    fn spec(&self) -> BGPFilterSpec {
+        BGPFilterSpec {
+            import_v4: self.import_v4.clone(),
+            export_v4: self.export_v4.clone(),
+            import_v6: self.import_v6.clone(),
+            export_v6: self.export_v6.clone(),
+        }
+    }
+}
+
+/// `peers[].nextHopMode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum NextHopModeName {
+    #[default]
+    Auto,
+    #[serde(rename = "Self")]
+    SelfAddress,
+    Keep,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaxPrefixes {
+    /// More received prefixes than this (per family) end the session with Cease 6/1.
+    pub limit: u32,
+    /// Warn at this percentage of the limit; 75 when unset, 0 = no warning.
+    pub warning_percent: Option<u8>,
+    /// Seconds until the session is restarted; unset = stays down.
+    pub restart_time: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +189,37 @@ pub struct Peer {
     pub connect_retry_time: Option<u64>,
     pub next_hop: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub route_reflector_client: bool,
+    #[serde(default)]
+    pub next_hop_mode: NextHopModeName,
+    /// Names from the top-level `filters`, applied in order.
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// Added to every route sent to this peer: `aa:nn` or `aa:nn:mm`.
+    #[serde(default)]
+    pub communities: Vec<String>,
+    #[serde(default, rename = "numAllowedLocalASNumbers")]
+    pub num_allowed_local_as_numbers: u8,
+    pub max_prefixes: Option<MaxPrefixes>,
+    /// Seconds: cap on how long this peer's routes are kept while it restarts.
+    pub max_restart_time: Option<u64>,
+    #[serde(default)]
+    pub rfc8212: bool,
+    pub bfd: Option<BfdConfig>,
+}
+
+impl Peer {
+    /// The BFD settings when BFD is enabled for this peer.
+    pub fn bfd_session(&self) -> Option<reef_bfd::SessionConfig> {
+        let bfd = self.bfd.as_ref().filter(|b| b.enabled)?;
+        let default = reef_bfd::SessionConfig::default();
+        Some(reef_bfd::SessionConfig {
+            min_tx: bfd.min_tx.map_or(default.min_tx, Into::into),
+            min_rx: bfd.min_rx.map_or(default.min_rx, Into::into),
+            multiplier: bfd.multiplier.unwrap_or(default.multiplier),
+        })
+    }
 }
 
 /// Rejects prefixes with host bits set: "10.0.0.1/24" is almost always a typo for an address.
@@ -120,42 +249,176 @@ impl Config {
         for prefix in &self.prefixes {
             check_prefix(prefix)?;
         }
-        let mut seen = std::collections::HashSet::new();
+        for prefix in &self.protected_prefixes {
+            check_prefix(prefix).context("protectedPrefixes")?;
+        }
+        if self.max_paths == Some(0) {
+            bail!("maxPaths must be at least 1 (1 = no multipath; default 8)");
+        }
+        if let Some(gr) = &self.graceful_restart
+            && let Some(time) = gr.restart_time.filter(|t| *t > MAX_RESTART_TIME)
+        {
+            bail!(
+                "gracefulRestart.restartTime {time} is too large: the capability carries at most {MAX_RESTART_TIME} seconds"
+            );
+        }
+        if let Some(fib) = &self.fib
+            && matches!(fib.table, 0 | 255)
+        {
+            bail!(
+                "fib.table {} is not a table for routes (use 254 for main, or another table id 1..=252)",
+                fib.table
+            );
+        }
+        let filters = self.converted_filters()?;
+        let mut seen = HashSet::new();
         for peer in &self.peers {
             if !seen.insert(peer.address) {
                 bail!("peer {} is configured twice", peer.address);
             }
-            if matches!(peer.hold_time, Some(1 | 2)) {
+            self.validate_peer(peer, &filters)
+                .with_context(|| format!("peer {}", peer.address))?;
+        }
+        Ok(())
+    }
+
+    fn validate_peer(
+        &self,
+        peer: &Peer,
+        filters: &BTreeMap<&str, filters::Converted>,
+    ) -> anyhow::Result<()> {
+        if matches!(peer.hold_time, Some(1 | 2)) {
+            bail!("holdTime must be 0 or at least 3 seconds");
+        }
+        if peer.ttl_security.is_some() && peer.multihop.is_some() {
+            bail!("ttlSecurity and multihop exclude each other");
+        }
+        if let Some(key) = &peer.password
+            && key.len() > reef_bgp::driver::socket::MD5_MAX_KEY_LEN
+        {
+            bail!("password longer than 80 bytes");
+        }
+        if peer.route_reflector_client && self.route_reflector_cluster_id.is_none() {
+            bail!(
+                "routeReflectorClient needs routeReflectorClusterId at the top level (e.g. routeReflectorClusterId: {})",
+                self.router_id
+            );
+        }
+        for name in &peer.filters {
+            if !filters.contains_key(name.as_str()) {
                 bail!(
-                    "peer {}: holdTime must be 0 or at least 3 seconds",
-                    peer.address
+                    "filter {name:?} is not defined: add it to the top-level filters list (- name: {name}) or remove it from this peer's filters"
                 );
             }
-            if peer.ttl_security.is_some() && peer.multihop.is_some() {
-                bail!(
-                    "peer {}: ttlSecurity and multihop exclude each other",
-                    peer.address
-                );
+        }
+        for (n, text) in peer.communities.iter().enumerate() {
+            parse_community(text).with_context(|| format!("communities[{n}]"))?;
+        }
+        if let Some(max) = &peer.max_prefixes {
+            if max.limit == 0 {
+                bail!("maxPrefixes.limit must be at least 1 (omit maxPrefixes for no limit)");
             }
-            if let Some(key) = &peer.password
-                && key.len() > reef_bgp::driver::socket::MD5_MAX_KEY_LEN
-            {
-                bail!("peer {}: password longer than 80 bytes", peer.address);
+            if max.warning_percent.is_some_and(|p| p > 100) {
+                bail!("maxPrefixes.warningPercent must be 0..=100 (0 = no warning)");
+            }
+        }
+        if let Some(bfd) = &peer.bfd {
+            if bfd.multiplier == Some(0) {
+                bail!("bfd.multiplier must be 1..=255 (3 is usual)");
+            }
+            for (field, interval) in [("minRx", bfd.min_rx), ("minTx", bfd.min_tx)] {
+                if interval.is_some_and(|d| {
+                    d.is_negative() || Duration::from(d) < Duration::from_millis(1)
+                }) {
+                    bail!("bfd.{field} must be at least 1ms (e.g. 300ms, the default)");
+                }
             }
         }
         Ok(())
     }
 
-    pub fn speaker(&self) -> SpeakerConfig {
+    /// Every named filter validated (reef-crds' BGPFilter rules) and converted, by name.
+    fn converted_filters(&self) -> anyhow::Result<BTreeMap<&str, filters::Converted>> {
+        let mut converted = BTreeMap::new();
+        for (n, filter) in self.filters.iter().enumerate() {
+            if filter.name.is_empty() {
+                bail!("filters[{n}] needs a name (peers refer to it in their filters list)");
+            }
+            let spec = filter.spec();
+            BGPFilter::new(&filter.name, spec.clone())
+                .validate()
+                .map_err(|errors| {
+                    // Field paths as they are in this file: filters[NAME].importV4[0].cidr.
+                    let text = errors
+                        .to_string()
+                        .replace("spec.", &format!("filters[{}].", filter.name));
+                    anyhow::anyhow!(text)
+                })?;
+            let filter_converted =
+                filters::convert(&spec).with_context(|| format!("filters[{}]", filter.name))?;
+            if converted
+                .insert(filter.name.as_str(), filter_converted)
+                .is_some()
+            {
+                bail!("filter {:?} is defined twice", filter.name);
+            }
+        }
+        Ok(converted)
+    }
+
+    /// Speaker-wide routing settings. `restarting`: the kernel still holds our routes of a previous
+    /// run (found by the FIB programmer before the speaker starts).
+    pub fn routing(&self, restarting: bool) -> RoutingConfig {
+        RoutingConfig {
+            cluster_id: self.route_reflector_cluster_id,
+            max_paths: self.max_paths.unwrap_or(DEFAULT_MAX_PATHS),
+            protected: self.protected_prefixes.clone(),
+            fib: self.fib.is_some(),
+            graceful_restart: self.graceful_restart.as_ref().map(|gr| {
+                let default = GracefulRestartConfig::default();
+                GracefulRestartConfig {
+                    // Validated <= 4095.
+                    restart_time: gr
+                        .restart_time
+                        .map_or(default.restart_time, |t| t.min(MAX_RESTART_TIME) as u16),
+                    stale_routes_time: gr
+                        .stale_routes_time
+                        .map_or(default.stale_routes_time, Duration::from_secs),
+                    selection_deferral: gr
+                        .selection_deferral_time
+                        .map_or(default.selection_deferral, Duration::from_secs),
+                    restarting,
+                }
+            }),
+        }
+    }
+
+    pub fn speaker(&self, restarting: bool) -> SpeakerConfig {
         SpeakerConfig {
             router_id: self.router_id,
             local_as: self.as_number,
             listen: (self.listen.port != 0)
                 .then(|| SocketAddr::new(self.listen.address, self.listen.port)),
+            routing: self.routing(restarting),
         }
     }
 
-    pub fn peers(&self) -> Vec<PeerConfig> {
+    /// The peers with BFD enabled.
+    pub fn bfd_peers(&self) -> Vec<crate::bfd::BfdPeer> {
+        self.peers
+            .iter()
+            .filter_map(|p| {
+                Some(crate::bfd::BfdPeer {
+                    address: p.address,
+                    local: p.source_address,
+                    config: p.bfd_session()?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn peers(&self) -> anyhow::Result<Vec<PeerConfig>> {
+        let filters = self.converted_filters()?;
         self.peers
             .iter()
             .map(|p| {
@@ -172,10 +435,118 @@ impl Config {
                 peer.connect_retry = Duration::from_secs(p.connect_retry_time.unwrap_or(5).max(1));
                 peer.next_hop_v4 = p.next_hop;
                 peer.next_hop_v6 = p.next_hop_v6;
-                peer
+                peer.routing =
+                    peer_routing(p, &filters).with_context(|| format!("peer {}", p.address))?;
+                Ok(peer)
             })
             .collect()
     }
+}
+
+/// What a reloaded config changes for a running speaker.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reload {
+    /// Peers whose routing settings (filters, communities, flags) changed: applied without a reset.
+    pub routing: Vec<(IpAddr, PeerRouting)>,
+    /// Changes that only take effect after a restart, described for the log.
+    pub needs_restart: Vec<String>,
+}
+
+impl Config {
+    /// Compares `self` (running) with `new` (the file read again).
+    pub fn reload(&self, new: &Config) -> anyhow::Result<Reload> {
+        let old: BTreeMap<IpAddr, PeerConfig> =
+            self.peers()?.into_iter().map(|p| (p.address, p)).collect();
+        let mut reload = Reload::default();
+        let mut seen = HashSet::new();
+        for peer in new.peers()? {
+            seen.insert(peer.address);
+            match old.get(&peer.address) {
+                None => reload
+                    .needs_restart
+                    .push(format!("peer {} added", peer.address)),
+                Some(running) => {
+                    if running.routing != peer.routing {
+                        reload.routing.push((peer.address, peer.routing.clone()));
+                    }
+                    let mut session = peer.clone();
+                    session.routing = running.routing.clone();
+                    if *running != session || self.bfd_changed(new, peer.address) {
+                        reload
+                            .needs_restart
+                            .push(format!("session settings of peer {}", peer.address));
+                    }
+                }
+            }
+        }
+        for address in old.keys().filter(|a| !seen.contains(*a)) {
+            reload.needs_restart.push(format!("peer {address} removed"));
+        }
+        if self.speaker(false).routing != new.speaker(false).routing
+            || self.router_id != new.router_id
+            || self.as_number != new.as_number
+            || self.prefixes != new.prefixes
+            || self.listen.address != new.listen.address
+            || self.listen.port != new.listen.port
+            || self.admin.socket != new.admin.socket
+        {
+            reload
+                .needs_restart
+                .push("speaker settings (routerId, asNumber, listen, admin, prefixes, routeReflectorClusterId, maxPaths, protectedPrefixes, gracefulRestart, fib)".into());
+        }
+        Ok(reload)
+    }
+
+    fn bfd_changed(&self, new: &Config, address: IpAddr) -> bool {
+        let bfd = |config: &Config| {
+            config
+                .peers
+                .iter()
+                .find(|p| p.address == address)
+                .and_then(|p| p.bfd.clone())
+        };
+        bfd(self) != bfd(new)
+    }
+}
+
+/// Warning threshold of `maxPrefixes` when `warningPercent` is not given.
+const DEFAULT_WARNING_PERCENT: u8 = 75;
+
+fn peer_routing(
+    peer: &Peer,
+    filters: &BTreeMap<&str, filters::Converted>,
+) -> anyhow::Result<PeerRouting> {
+    let mut routing = PeerRouting {
+        route_reflector_client: peer.route_reflector_client,
+        next_hop_mode: match peer.next_hop_mode {
+            NextHopModeName::Auto => NextHopMode::Auto,
+            NextHopModeName::SelfAddress => NextHopMode::SelfAddress,
+            NextHopModeName::Keep => NextHopMode::Keep,
+        },
+        allow_own_as: peer.num_allowed_local_as_numbers,
+        max_prefix: peer.max_prefixes.as_ref().map(|max| MaxPrefix {
+            limit: max.limit,
+            warn_threshold_pct: max.warning_percent.unwrap_or(DEFAULT_WARNING_PERCENT),
+            restart_after: max.restart_time.map(Duration::from_secs),
+        }),
+        max_restart_time: peer.max_restart_time.map(Duration::from_secs),
+        rfc8212: peer.rfc8212,
+        ..PeerRouting::default()
+    };
+    for name in &peer.filters {
+        let filter = filters
+            .get(name.as_str())
+            .with_context(|| format!("filter {name:?} is not defined"))?;
+        routing.import.push(filter.import.clone());
+        routing.export.push(filter.export.clone());
+    }
+    for (n, text) in peer.communities.iter().enumerate() {
+        match parse_community(text).with_context(|| format!("communities[{n}]"))? {
+            AnyCommunity::Standard(c) => routing.communities.push(c),
+            AnyCommunity::Large(c) => routing.large_communities.push(c),
+        }
+    }
+    Ok(routing)
 }
 
 #[cfg(test)]
@@ -199,7 +570,7 @@ peers:
         config.validate().unwrap();
         assert_eq!(config.router_id, Ipv4Addr::new(198, 51, 100, 1));
         assert_eq!(config.prefixes.len(), 2);
-        let peers = config.peers();
+        let peers = config.peers().unwrap();
         assert_eq!(peers[0].password.as_deref(), Some("secret"));
         assert_eq!(peers[0].hold_time, 9);
         assert_eq!(peers[0].ttl_security, Some(1));
@@ -207,7 +578,7 @@ peers:
         assert_eq!(peers[1].port, 179);
         assert_eq!(peers[1].multihop, Some(2));
         assert_eq!(
-            config.speaker().listen,
+            config.speaker(false).listen,
             Some("0.0.0.0:179".parse().unwrap())
         );
     }
@@ -229,6 +600,223 @@ peers:
                 .unwrap_err()
                 .to_string()
                 .contains("host bits")
+        );
+    }
+
+    const ROUTING_EXAMPLE: &str = r#"
+routerId: 198.51.100.1
+asNumber: 64512
+routeReflectorClusterId: 198.51.100.1
+maxPaths: 4
+protectedPrefixes: ["10.65.0.0/16"]
+gracefulRestart: {restartTime: 90, staleRoutesTime: 300, selectionDeferralTime: 20}
+fib: {table: 100}
+filters:
+  - name: no-10-99
+    importV4: [{cidr: 10.99.0.0/16, matchOperator: In, action: Reject}]
+    exportV4: [{cidr: 10.65.0.0/16, matchOperator: In, action: Accept,
+                operations: [{addCommunity: {value: "64512:100"}}]}]
+  - name: v6
+    importV6: [{cidr: "2001:db8::/32", matchOperator: NotIn, prefixLength: {max: 48}, action: Reject}]
+peers:
+  - address: 198.51.100.2
+    asNumber: 65001
+    sourceAddress: 198.51.100.1
+    routeReflectorClient: true
+    nextHopMode: Self
+    filters: [no-10-99, v6]
+    communities: ["64512:100", "64512:1:2"]
+    numAllowedLocalASNumbers: 2
+    maxPrefixes: {limit: 1000, warningPercent: 80, restartTime: 30}
+    maxRestartTime: 120
+    rfc8212: true
+    bfd: {enabled: true, minRx: 100ms, minTx: 200ms, multiplier: 5}
+  - address: 198.51.100.3
+    asNumber: 64512
+    nextHopMode: Keep
+    bfd: {enabled: false}
+"#;
+
+    fn parse(yaml: &str) -> anyhow::Result<Config> {
+        let config: Config = serde_saphyr::from_str(yaml)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn parses_the_routing_fields() {
+        let config = parse(ROUTING_EXAMPLE).unwrap();
+        let routing = config.speaker(true).routing;
+        assert_eq!(routing.cluster_id, Some(Ipv4Addr::new(198, 51, 100, 1)));
+        assert_eq!(routing.max_paths, 4);
+        assert_eq!(
+            routing.protected,
+            ["10.65.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            routing.graceful_restart,
+            Some(GracefulRestartConfig {
+                restart_time: 90,
+                stale_routes_time: Duration::from_secs(300),
+                selection_deferral: Duration::from_secs(20),
+                restarting: true,
+            })
+        );
+        assert_eq!(config.fib.as_ref().unwrap().table, 100);
+        assert!(routing.fib);
+
+        let peers = config.peers().unwrap();
+        let first = &peers[0].routing;
+        assert!(first.route_reflector_client);
+        assert_eq!(first.next_hop_mode, NextHopMode::SelfAddress);
+        assert_eq!(first.import.len(), 2);
+        assert_eq!(first.export.len(), 2);
+        assert_eq!(first.import[0].rules.len(), 1);
+        assert!(first.export[1].rules.is_empty());
+        assert_eq!(
+            first.communities,
+            [reef_bgp::wire::Community::new(64512, 100)]
+        );
+        assert_eq!(first.large_communities.len(), 1);
+        assert_eq!(first.allow_own_as, 2);
+        assert_eq!(
+            first.max_prefix,
+            Some(MaxPrefix {
+                limit: 1000,
+                warn_threshold_pct: 80,
+                restart_after: Some(Duration::from_secs(30)),
+            })
+        );
+        assert_eq!(first.max_restart_time, Some(Duration::from_secs(120)));
+        assert!(first.rfc8212);
+        let second = &peers[1].routing;
+        assert_eq!(second.next_hop_mode, NextHopMode::Keep);
+        assert_eq!(
+            *second,
+            PeerRouting {
+                next_hop_mode: NextHopMode::Keep,
+                ..PeerRouting::default()
+            }
+        );
+
+        let bfd = config.bfd_peers();
+        assert_eq!(bfd.len(), 1, "only the peer with bfd.enabled");
+        assert_eq!(bfd[0].local, Some("198.51.100.1".parse().unwrap()));
+        assert_eq!(bfd[0].config.min_rx, Duration::from_millis(100));
+        assert_eq!(bfd[0].config.min_tx, Duration::from_millis(200));
+        assert_eq!(bfd[0].config.multiplier, 5);
+    }
+
+    #[test]
+    fn defaults_without_routing_fields() {
+        let config = parse(EXAMPLE).unwrap();
+        let routing = config.speaker(true).routing;
+        assert_eq!(routing.max_paths, 8);
+        assert_eq!(routing.graceful_restart, None, "no gracefulRestart: GR off");
+        assert!(config.fib.is_none());
+        assert!(!routing.fib);
+        assert_eq!(config.peers().unwrap()[0].routing, PeerRouting::default());
+        let gr = parse("routerId: 1.1.1.1\nasNumber: 1\ngracefulRestart: {}\nfib: {}\n").unwrap();
+        assert_eq!(
+            gr.speaker(false).routing.graceful_restart,
+            Some(GracefulRestartConfig::default())
+        );
+        assert_eq!(gr.fib.unwrap().table, 254);
+    }
+
+    /// The error text of a config that must be refused.
+    fn refused(yaml: &str) -> String {
+        format!("{:#}", parse(yaml).unwrap_err())
+    }
+
+    #[test]
+    fn validation_names_the_fix() {
+        let base = "routerId: 198.51.100.1\nasNumber: 64512\n";
+        let error = refused(&format!(
+            "{base}peers: [{{address: 198.51.100.2, asNumber: 1, filters: [nope]}}]\n"
+        ));
+        assert!(error.contains("peer 198.51.100.2"), "{error}");
+        assert!(error.contains("filter \"nope\" is not defined"), "{error}");
+        assert!(error.contains("- name: nope"), "{error}");
+
+        let error = refused(&format!(
+            "{base}peers: [{{address: 198.51.100.2, asNumber: 64512, routeReflectorClient: true}}]\n"
+        ));
+        assert!(
+            error.contains("routeReflectorClusterId: 198.51.100.1"),
+            "{error}"
+        );
+
+        let error = refused(&format!(
+            "{base}peers: [{{address: 198.51.100.2, asNumber: 1, communities: [\"64512:70000\"]}}]\n"
+        ));
+        assert!(error.contains("communities[0]"), "{error}");
+        assert!(error.contains("aa:nn"), "{error}");
+
+        let error = refused(&format!("{base}gracefulRestart: {{restartTime: 5000}}\n"));
+        assert!(error.contains("4095"), "{error}");
+
+        let error = refused(&format!(
+            "{base}filters: [{{name: f, importV4: [{{cidr: 10.0.0.1/8, matchOperator: In, action: Reject}}]}}]\n"
+        ));
+        assert!(error.contains("filters[f].importV4[0].cidr"), "{error}");
+        assert!(error.contains("did you mean 10.0.0.0/8"), "{error}");
+
+        let error = refused(&format!("{base}filters: [{{name: f}}, {{name: f}}]\n"));
+        assert!(error.contains("defined twice"), "{error}");
+
+        let error = refused(&format!("{base}maxPaths: 0\n"));
+        assert!(error.contains("maxPaths"), "{error}");
+
+        let error = refused(&format!(
+            "{base}peers: [{{address: 198.51.100.2, asNumber: 1, bfd: {{enabled: true, multiplier: 0}}}}]\n"
+        ));
+        assert!(error.contains("bfd.multiplier"), "{error}");
+
+        let error = refused(&format!(
+            "{base}peers: [{{address: 198.51.100.2, asNumber: 1, maxPrefixes: {{limit: 10, warningPercent: 120}}}}]\n"
+        ));
+        assert!(error.contains("warningPercent"), "{error}");
+
+        assert!(refused(&format!("{base}fib: {{table: 0}}\n")).contains("fib.table"));
+        assert!(refused(&format!("{base}nextHopMode: Self\n")).contains("unknown field"));
+        assert!(
+            refused(&format!(
+                "{base}peers: [{{address: 198.51.100.2, asNumber: 1, nextHopMode: Sometimes}}]\n"
+            ))
+            .contains("Sometimes")
+        );
+    }
+
+    #[test]
+    fn reload_applies_routing_changes_and_names_the_rest() {
+        let running = parse(ROUTING_EXAMPLE).unwrap();
+        assert_eq!(
+            running.reload(&parse(ROUTING_EXAMPLE).unwrap()).unwrap(),
+            Reload::default()
+        );
+
+        let changed = ROUTING_EXAMPLE
+            .replace("filters: [no-10-99, v6]", "filters: [v6]")
+            .replace("holdTime: 9", "holdTime: 30")
+            .replace(
+                "asNumber: 64512\n    nextHopMode: Keep",
+                "asNumber: 64512\n    nextHopMode: Keep\n    holdTime: 30",
+            )
+            .replace("maxPaths: 4", "maxPaths: 2");
+        let reload = running.reload(&parse(&changed).unwrap()).unwrap();
+        assert_eq!(reload.routing.len(), 1);
+        assert_eq!(
+            reload.routing[0].0,
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(reload.routing[0].1.import.len(), 1);
+        assert_eq!(
+            reload.needs_restart,
+            [
+                "session settings of peer 198.51.100.3",
+                "speaker settings (routerId, asNumber, listen, admin, prefixes, routeReflectorClusterId, maxPaths, protectedPrefixes, gracefulRestart, fib)"
+            ]
         );
     }
 }

@@ -10,7 +10,7 @@ use reef_lab::{Netns, veth};
 
 use crate::injector::{Session, SessionParams};
 use crate::procfs::mib;
-use crate::receivers::{Daemon, Peering, Receiver};
+use crate::receivers::{Daemon, Peering, Receiver, Setup};
 use crate::report::IngestResult;
 use crate::workload::{Workload, encode};
 
@@ -72,6 +72,19 @@ pub fn measure(daemon: Daemon, workload: &Workload, options: &IngestOptions) -> 
     result
 }
 
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C and SIGTERM only set [`INTERRUPTED`]: the waits give up and the Drop guards stop the daemons
+/// and delete the namespaces.
+pub fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
 fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!("interrupted");
@@ -99,7 +112,8 @@ fn measure_into(
     // Encoded now because NEXT_HOP is the injector's address on this run's link; before the daemon starts,
     // so it costs the measurement nothing.
     let updates = encode(workload, INJECTOR_AS, peering.injector_addr).context("encode UPDATEs")?;
-    let mut receiver = Receiver::start(daemon, &daemon_ns, &peering, &options.reefd)?;
+    let mut receiver =
+        Receiver::start(daemon, &daemon_ns, &Setup::ingest(peering), &options.reefd)?;
     wait_ready(&mut receiver, options.start_timeout)?;
 
     let remote = SocketAddr::from((peering.daemon_addr, 179));
@@ -165,7 +179,7 @@ fn measure_into(
 }
 
 /// Waits until the daemon answers its control interface with a prefix count.
-fn wait_ready(receiver: &mut Receiver, timeout: Duration) -> Result<()> {
+pub fn wait_ready(receiver: &mut Receiver, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         check_interrupted()?;

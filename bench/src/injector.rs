@@ -3,7 +3,9 @@
 //! third of the hold time. Every message goes through `reef_bgp::wire`.
 //!
 //! Blocking sockets and two threads (reader, writer) keep it small: the reader drains whatever the peer
-//! sends and notes a NOTIFICATION or a closed connection; the writer owns the sending.
+//! sends and notes a NOTIFICATION or a closed connection; the writer sends the bulk UPDATEs and the
+//! KEEPALIVEs. Single UPDATEs (the convergence benchmark's announce and withdraw) are written by the
+//! caller; a lock keeps whole messages from interleaving.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpStream};
@@ -50,6 +52,8 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// Time from the first to the last UPDATE byte handed to the kernel.
     written: Mutex<Option<Duration>>,
+    /// Held for each write, so that the writer thread and [`Session::write_now`] never interleave bytes.
+    write_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -146,15 +150,44 @@ impl Session {
     /// Starts writing all UPDATEs and then End-of-RIB, and keeps the session alive afterwards. Returns
     /// the instant just before the first byte is written.
     pub fn send(&mut self, updates: &EncodedUpdates) -> Result<Instant> {
+        self.spawn_writer(Some(updates.clone()))
+    }
+
+    /// Only keeps the session alive (KEEPALIVE every third of the hold time): UPDATEs are then written
+    /// one at a time with [`Session::write_now`].
+    pub fn keep_alive(&mut self) -> Result<()> {
+        self.spawn_writer(None).map(|_| ())
+    }
+
+    /// Writes whole encoded messages now, from the calling thread. Returns the instant just before the
+    /// first byte is written (after the write lock is taken).
+    pub fn write_now(&self, bytes: &[u8]) -> Result<Instant> {
+        if let Some(failure) = self.failure() {
+            bail!("session is down: {failure}");
+        }
+        let _guard = self
+            .shared
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
+        (&self.stream).write_all(bytes).context("write UPDATE")?;
+        Ok(started)
+    }
+
+    fn spawn_writer(&mut self, updates: Option<EncodedUpdates>) -> Result<Instant> {
         let mut stream = self.stream.try_clone()?;
         let shared = Arc::clone(&self.shared);
-        let updates = updates.clone();
         let keepalive = Message::Keepalive.to_bytes(&self.ctx)?;
         let interval = self.keepalive_interval;
         let started = Instant::now();
         let writer = std::thread::spawn(move || {
             let mut last_keepalive = started;
             let mut write = |bytes: &[u8]| -> bool {
+                let _guard = shared
+                    .write_lock
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 match stream.write_all(bytes) {
                     Ok(()) => true,
                     Err(error) => {
@@ -163,26 +196,28 @@ impl Session {
                     }
                 }
             };
-            let mut offset = 0;
-            for &end in &updates.chunk_ends {
-                if !write(&updates.bytes[offset..end]) {
-                    return;
-                }
-                offset = end;
-                if last_keepalive.elapsed() >= interval {
-                    if !write(&keepalive) {
+            if let Some(updates) = updates {
+                let mut offset = 0;
+                for &end in &updates.chunk_ends {
+                    if !write(&updates.bytes[offset..end]) {
                         return;
                     }
-                    last_keepalive = Instant::now();
+                    offset = end;
+                    if last_keepalive.elapsed() >= interval {
+                        if !write(&keepalive) {
+                            return;
+                        }
+                        last_keepalive = Instant::now();
+                    }
                 }
+                if !write(&updates.end_of_rib) {
+                    return;
+                }
+                *shared
+                    .written
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(started.elapsed());
             }
-            if !write(&updates.end_of_rib) {
-                return;
-            }
-            *shared
-                .written
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(started.elapsed());
             while !shared.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 if last_keepalive.elapsed() >= interval {

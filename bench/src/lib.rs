@@ -4,10 +4,14 @@
 //! one daemon at a time ([`receivers`]), each in its own network namespace ([`netns_socket`]),
 //! [`ingest`] measures time to all prefixes received and peak memory ([`procfs`]), [`report`] prints.
 
+pub mod bfd_peer;
+pub mod convergence;
 pub mod ingest;
 pub mod injector;
+pub mod kernel_routes;
 pub mod netns_socket;
 pub mod procfs;
 pub mod receivers;
 pub mod report;
+pub mod rib_memory;
 pub mod workload;

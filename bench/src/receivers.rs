@@ -1,8 +1,11 @@
-//! The daemons under test, each started in its own network namespace with a configuration that
-//! measures BGP ingest only: accept everything from the injector, advertise nothing back, install
-//! nothing into a FIB. Each can say how many prefixes it has received from the injector.
+//! The daemons under test, each started in its own network namespace. The base configuration measures
+//! BGP ingest only: accept everything from the injector, advertise nothing back, install nothing into a
+//! FIB. A [`Setup`] adds more injector peers (`rib_memory`), kernel route installation and BFD
+//! (`convergence`; Reef and BIRD only). Each daemon can say how many prefixes it has received from an
+//! injector.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
@@ -12,6 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use ipnet::Ipv4Net;
 use reef_lab::{Netns, Process, run_bounded};
 
 use crate::procfs::Memory;
@@ -72,24 +76,107 @@ pub struct Peering {
     pub hold_time: u16,
 }
 
-/// BIRD 2: one `bgp` protocol, `import all`, `export none`, no `kernel` protocol (nothing goes to the FIB).
-pub fn bird_config(peering: &Peering) -> String {
-    format!(
-        "router id {daemon};\n\
-         protocol device {{ }}\n\
-         protocol bgp injector {{\n\
-         \x20 local {daemon} as {daemon_as};\n\
-         \x20 neighbor {injector} as {injector_as};\n\
-         \x20 passive on;\n\
-         \x20 hold time {hold};\n\
-         \x20 ipv4 {{ import all; export none; }};\n\
-         }}\n",
-        daemon = peering.daemon_addr,
-        daemon_as = peering.daemon_as,
-        injector = peering.injector_addr,
-        injector_as = peering.injector_as,
-        hold = peering.hold_time,
-    )
+/// BFD timers the daemon runs with every injector peer (both directions the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BfdTimers {
+    pub interval: Duration,
+    pub multiplier: u8,
+}
+
+/// What a daemon under test is configured for.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The eBGP sessions with injectors (at least one; the first is "the injector").
+    pub peerings: Vec<Peering>,
+    /// Install the best routes into this kernel table (Reef `fib: {table}`, BIRD `protocol kernel`).
+    pub kernel_table: Option<u32>,
+    /// BFD with every injector peer.
+    pub bfd: Option<BfdTimers>,
+}
+
+impl Setup {
+    /// BGP ingest only: one injector, no FIB, no BFD.
+    pub fn ingest(peering: Peering) -> Setup {
+        Setup {
+            peerings: vec![peering],
+            kernel_table: None,
+            bfd: None,
+        }
+    }
+
+    fn first(&self) -> Result<&Peering> {
+        self.peerings
+            .first()
+            .ok_or_else(|| anyhow!("a setup needs at least one injector peering"))
+    }
+
+    /// More than the plain ingest configuration, which only Reef and BIRD can be given here.
+    fn is_extended(&self) -> bool {
+        self.peerings.len() > 1 || self.kernel_table.is_some() || self.bfd.is_some()
+    }
+}
+
+/// BIRD's protocol name for injector peering number `index`.
+fn bird_protocol(index: usize) -> String {
+    match index {
+        0 => "injector".to_string(),
+        n => format!("injector{}", n + 1),
+    }
+}
+
+/// BIRD 2: one `bgp` protocol per injector, `import all`, `export none`; with a kernel table a `kernel`
+/// protocol exporting every best route (none otherwise: nothing goes to the FIB); with BFD a `bfd`
+/// protocol and `bfd on` in every `bgp` protocol.
+pub fn bird_config(setup: &Setup) -> String {
+    let mut conf = String::new();
+    let router_id = setup.peerings.first().map(|p| p.daemon_addr);
+    let _ = writeln!(
+        conf,
+        "router id {};\nprotocol device {{ }}",
+        router_id.unwrap_or(Ipv4Addr::UNSPECIFIED)
+    );
+    if let Some(table) = setup.kernel_table {
+        let _ = writeln!(
+            conf,
+            "protocol kernel {{ kernel table {table}; ipv4 {{ import none; export all; }}; }}"
+        );
+    }
+    if let Some(bfd) = setup.bfd {
+        let ms = bfd.interval.as_millis();
+        let _ = writeln!(
+            conf,
+            "protocol bfd {{ interface \"*\" {{ min rx interval {ms} ms; min tx interval {ms} ms; \
+             idle tx interval {ms} ms; multiplier {}; }}; }}",
+            bfd.multiplier
+        );
+    }
+    for (index, peering) in setup.peerings.iter().enumerate() {
+        let _ = write!(
+            conf,
+            "protocol bgp {name} {{\n\
+             \x20 local {daemon} as {daemon_as};\n\
+             \x20 neighbor {injector} as {injector_as};\n\
+             \x20 passive on;\n\
+             \x20 hold time {hold};\n\
+             {bfd}\
+             \x20 ipv4 {{ import all; export none; }};\n\
+             }}\n",
+            name = bird_protocol(index),
+            daemon = peering.daemon_addr,
+            daemon_as = peering.daemon_as,
+            injector = peering.injector_addr,
+            injector_as = peering.injector_as,
+            hold = peering.hold_time,
+            // After a BFD down BIRD would refuse the injector's reconnection for `error wait time`
+            // (60 s by default).
+            bfd = if setup.bfd.is_some() {
+                "\x20 bfd on;\n  error wait time 1, 2;\n"
+            } else {
+                ""
+            },
+        );
+    }
+    conf
 }
 
 /// FRR bgpd (started with `-n`/`--no_kernel`: no route goes to zebra, so none to the FIB): accept all
@@ -145,25 +232,66 @@ pub fn gobgp_config(peering: &Peering) -> String {
     )
 }
 
-/// reefd in speaker mode (see agent/README.md): one passive eBGP peer, nothing advertised.
-pub fn reefd_config(peering: &Peering, admin_socket: &Path) -> String {
-    format!(
-        "routerId: {daemon}\n\
+/// reefd in speaker mode (see agent/README.md): one passive eBGP peer per injector. The plain ingest
+/// configuration uses only the original speaker-mode fields; an extended one (several peers, a kernel
+/// table, BFD: ROUTING_SPEC.md) also rejects every export with a filter, as BIRD's `export none`, so that
+/// reefd does not send one injector's routes to another.
+pub fn reefd_config(setup: &Setup, admin_socket: &Path) -> String {
+    let mut conf = String::new();
+    let router_id = setup
+        .peerings
+        .first()
+        .map_or(Ipv4Addr::UNSPECIFIED, |p| p.daemon_addr);
+    let daemon_as = setup.peerings.first().map_or(0, |p| p.daemon_as);
+    // One listening socket for every peering's local address.
+    let listen = if setup.peerings.len() > 1 {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        router_id
+    };
+    let _ = write!(
+        conf,
+        "routerId: {router_id}\n\
          asNumber: {daemon_as}\n\
-         listen: {{ address: \"{daemon}\", port: 179 }}\n\
-         admin: {{ socket: {socket} }}\n\
-         peers:\n\
-         \x20 - address: {injector}\n\
-         \x20   asNumber: {injector_as}\n\
-         \x20   passive: true\n\
-         \x20   holdTime: {hold}\n",
-        daemon = peering.daemon_addr,
-        daemon_as = peering.daemon_as,
+         listen: {{ address: \"{listen}\", port: 179 }}\n\
+         admin: {{ socket: {socket} }}\n",
         socket = admin_socket.display(),
-        injector = peering.injector_addr,
-        injector_as = peering.injector_as,
-        hold = peering.hold_time,
-    )
+    );
+    let extended = setup.is_extended();
+    if let Some(table) = setup.kernel_table {
+        let _ = writeln!(conf, "fib: {{ table: {table} }}");
+    }
+    if extended {
+        let _ = writeln!(
+            conf,
+            "filters:\n  - name: export-none\n    exportV4: [{{action: Reject}}]"
+        );
+    }
+    let _ = writeln!(conf, "peers:");
+    for peering in &setup.peerings {
+        let _ = write!(
+            conf,
+            "\x20 - address: {injector}\n\
+             \x20   asNumber: {injector_as}\n\
+             \x20   passive: true\n\
+             \x20   holdTime: {hold}\n",
+            injector = peering.injector_addr,
+            injector_as = peering.injector_as,
+            hold = peering.hold_time,
+        );
+        if extended {
+            let _ = writeln!(conf, "    filters: [export-none]");
+        }
+        if let Some(bfd) = setup.bfd {
+            let ms = bfd.interval.as_millis();
+            let _ = writeln!(
+                conf,
+                "    bfd: {{ enabled: true, minRx: {ms}ms, minTx: {ms}ms, multiplier: {} }}",
+                bfd.multiplier
+            );
+        }
+    }
+    conf
 }
 
 /// How to ask a running daemon for the number of prefixes received from the injector.
@@ -178,7 +306,8 @@ enum Probe {
 /// its files.
 pub struct Receiver {
     daemon: Daemon,
-    injector: Ipv4Addr,
+    /// The injectors' addresses, in the order of [`Setup::peerings`].
+    injectors: Vec<Ipv4Addr>,
     probe: Probe,
     /// Stopped (by pid) on drop, last started first.
     processes: Vec<Process>,
@@ -189,12 +318,11 @@ pub struct Receiver {
 
 impl Receiver {
     /// Starts `daemon` inside `netns`. `reefd` is the path of the reefd binary (only used for Reef).
-    pub fn start(
-        daemon: Daemon,
-        netns: &Netns,
-        peering: &Peering,
-        reefd: &Path,
-    ) -> Result<Receiver> {
+    pub fn start(daemon: Daemon, netns: &Netns, setup: &Setup, reefd: &Path) -> Result<Receiver> {
+        let peering = setup.first()?;
+        if setup.is_extended() && !matches!(daemon, Daemon::Reef | Daemon::Bird) {
+            bail!("{daemon}: only Reef and BIRD can be set up with several peers, a FIB or BFD");
+        }
         let workdir = tempfile::Builder::new()
             .prefix(&format!("reef-bench-{daemon}-"))
             .tempdir()
@@ -202,7 +330,7 @@ impl Receiver {
         let dir = workdir.path().to_path_buf();
         let mut receiver = Receiver {
             daemon,
-            injector: peering.injector_addr,
+            injectors: setup.peerings.iter().map(|p| p.injector_addr).collect(),
             probe: Probe::Reef {
                 socket: PathBuf::new(),
             },
@@ -213,7 +341,7 @@ impl Receiver {
         let log = dir.join(format!("{daemon}.log"));
         match daemon {
             Daemon::Bird => {
-                let conf = write(&dir, "bird.conf", &bird_config(peering))?;
+                let conf = write(&dir, "bird.conf", &bird_config(setup))?;
                 let socket = dir.join("bird.ctl");
                 let args = ["-f", "-c", path_str(&conf)?, "-s", path_str(&socket)?];
                 receiver
@@ -286,7 +414,7 @@ impl Receiver {
             }
             Daemon::Reef => {
                 let socket = dir.join("reefd.sock");
-                let conf = write(&dir, "reefd.yaml", &reefd_config(peering, &socket))?;
+                let conf = write(&dir, "reefd.yaml", &reefd_config(setup, &socket))?;
                 let args = ["--config", path_str(&conf)?, "--log-level", "warn"];
                 receiver
                     .processes
@@ -330,20 +458,36 @@ impl Receiver {
         }
     }
 
-    /// The last lines of the daemon's output, for error messages (its directory goes with it).
+    /// The daemon's error from its output (the first `Error` line or panic and the lines after it,
+    /// e.g. reefd refusing its config), else the last lines, for error messages (its directory goes
+    /// with it).
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        let start = lines
+            .iter()
+            .position(|line| line.starts_with("Error") || line.contains("panicked at"))
+            .unwrap_or(lines.len().saturating_sub(5));
+        lines[start..lines.len().min(start + 5)].join(" | ")
     }
 
-    /// Prefixes received from the injector as the daemon reports them; `Ok(None)` while the daemon
-    /// cannot answer yet (starting up).
+    /// Prefixes received from the (first) injector as the daemon reports them; `Ok(None)` while the
+    /// daemon cannot answer yet (starting up).
     pub fn prefixes_received(&self) -> Result<Option<u64>> {
-        let injector = self.injector.to_string();
+        self.prefixes_received_from(0)
+    }
+
+    /// Prefixes received from injector number `index` of the [`Setup`].
+    pub fn prefixes_received_from(&self, index: usize) -> Result<Option<u64>> {
+        let injector = self
+            .injectors
+            .get(index)
+            .ok_or_else(|| anyhow!("no injector number {index}"))?
+            .to_string();
         match &self.probe {
             Probe::Bird { socket } => {
-                let Ok(reply) = bird_query(socket, "show protocols all injector") else {
+                let query = format!("show protocols all {}", bird_protocol(index));
+                let Ok(reply) = bird_query(socket, &query) else {
                     return Ok(None);
                 };
                 Ok(Some(bird_imported(&reply).unwrap_or(0)))
@@ -381,6 +525,31 @@ impl Receiver {
                     serde_json::from_str(&body).context("reefd peers json")?;
                 Ok(Some(reef_prefixes_received(&json, &injector).unwrap_or(0)))
             }
+        }
+    }
+}
+
+impl Receiver {
+    /// How many paths the daemon holds for `prefix` in its RIB (best and others): BIRD `show route for
+    /// PREFIX`, reefd `GET /v1/bgp/rib/PREFIX` (ROUTING_SPEC.md). `Ok(None)` for FRR and GoBGP.
+    pub fn paths_for(&self, prefix: Ipv4Net) -> Result<Option<usize>> {
+        match &self.probe {
+            Probe::Bird { socket } => {
+                let reply = bird_query(socket, &format!("show route for {prefix}"))?;
+                Ok(Some(reply.matches(" unicast [").count()))
+            }
+            Probe::Reef { socket } => {
+                let uri = format!("/v1/bgp/rib/{}", prefix.to_string().replace('/', "%2F"));
+                let body = http_get_unix(socket, &uri)?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&body).context("reefd rib json")?;
+                let paths = json
+                    .as_array()
+                    .or_else(|| json.get("paths")?.as_array())
+                    .ok_or_else(|| anyhow!("reefd rib answer is not a list: {body}"))?;
+                Ok(Some(paths.len()))
+            }
+            Probe::Frr { .. } | Probe::Gobgp { .. } => Ok(None),
         }
     }
 }
@@ -552,16 +721,57 @@ mod tests {
     #[test]
     fn configs_name_the_peer_and_export_nothing() {
         let peering = peering();
-        let bird = bird_config(&peering);
+        let setup = Setup::ingest(peering);
+        let bird = bird_config(&setup);
         assert!(bird.contains("neighbor 198.18.0.1 as 65001;") && bird.contains("export none"));
-        assert!(!bird.contains("kernel"));
+        assert!(!bird.contains("kernel") && !bird.contains("bfd"));
         let frr = frr_bgpd_config(&peering);
         assert!(frr.contains("neighbor 198.18.0.1 route-map REJECT out"));
         assert!(frr.contains("no bgp ebgp-requires-policy"));
         let gobgp = gobgp_config(&peering);
         assert!(gobgp.contains("default-export-policy = \"reject-route\""));
-        let reef = reefd_config(&peering, Path::new("/tmp/x.sock"));
+        let reef = reefd_config(&setup, Path::new("/tmp/x.sock"));
         assert!(reef.contains("- address: 198.18.0.1") && reef.contains("passive: true"));
+        // The plain ingest config stays within the original speaker-mode fields.
+        assert!(!reef.contains("fib") && !reef.contains("filters") && !reef.contains("bfd"));
+        assert!(reef.contains("listen: { address: \"198.18.0.2\""));
+    }
+
+    #[test]
+    fn extended_configs_add_peers_kernel_and_bfd() {
+        let second = Peering {
+            daemon_addr: Ipv4Addr::new(198, 18, 1, 2),
+            injector_addr: Ipv4Addr::new(198, 18, 1, 1),
+            injector_as: 65002,
+            ..peering()
+        };
+        let setup = Setup {
+            peerings: vec![peering(), second],
+            kernel_table: Some(254),
+            bfd: Some(BfdTimers {
+                interval: Duration::from_millis(100),
+                multiplier: 3,
+            }),
+        };
+        let bird = bird_config(&setup);
+        assert!(
+            bird.contains("protocol bgp injector {") && bird.contains("protocol bgp injector2 {")
+        );
+        assert!(bird.contains("local 198.18.1.2 as 65000;"));
+        assert!(bird.contains("kernel table 254; ipv4 { import none; export all; }"));
+        assert!(bird.contains("min rx interval 100 ms") && bird.contains("bfd on;"));
+        let reef = reefd_config(&setup, Path::new("/tmp/x.sock"));
+        assert!(reef.contains("listen: { address: \"0.0.0.0\""), "{reef}");
+        assert!(reef.contains("fib: { table: 254 }"), "{reef}");
+        assert!(
+            reef.contains("- address: 198.18.1.1\n    asNumber: 65002"),
+            "{reef}"
+        );
+        assert_eq!(reef.matches("filters: [export-none]").count(), 2, "{reef}");
+        assert!(
+            reef.contains("minRx: 100ms, minTx: 100ms, multiplier: 3"),
+            "{reef}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use std::fmt::Write as _;
+use std::process::Command;
 
 /// What one receiver did with the injected routes.
 #[derive(Debug, Clone, Serialize)]
@@ -129,14 +130,49 @@ impl Report {
     }
 }
 
-fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
+/// The current time, UTC, RFC 3339 (seconds), for the report's header.
+pub fn utc_now() -> String {
+    command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+}
+
+/// First line of a command's output, or "?" (only for the report's header).
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// "N cores, <CPU model>, Linux <release>", for the report's header.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|model| model.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    format!(
+        "{cores} cores, {cpu}, Linux {}",
+        command_line("uname", &["-r"])
+    )
+}
+
+/// `value / base`, when both are known and `base` is not zero.
+pub fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
     match (value, base) {
         (Some(value), Some(base)) if base > 0.0 => Some(value / base),
         _ => None,
     }
 }
 
-fn fixed(value: Option<f64>, decimals: usize) -> String {
+/// `value` with `decimals` decimals, or "-".
+pub fn fixed(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_string(), |value| format!("{value:.decimals$}"))
 }
 

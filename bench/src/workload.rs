@@ -63,7 +63,14 @@ impl Workload {
     /// Attribute set number `set`: all sets differ in AS_PATH (the second AS is unique, the length varies
     /// 2..=4), MED and COMMUNITIES.
     pub fn attributes(set: u32, injector_as: u32) -> PathAttributes {
-        let mut asns = vec![injector_as, 4_200_000_000 + set];
+        Workload::attributes_prepended(set, injector_as, 0)
+    }
+
+    /// [`Workload::attributes`] with the injector's AS `prepend` more times in front of the AS_PATH: a
+    /// second peer announcing the same prefixes with a longer path (kept, but not best).
+    pub fn attributes_prepended(set: u32, injector_as: u32, prepend: u32) -> PathAttributes {
+        let mut asns = vec![injector_as; 1 + prepend as usize];
+        asns.push(4_200_000_000 + set);
         asns.extend((0..set % 3).map(|hop| 65100 + hop));
         let community_as = u16::try_from(injector_as).unwrap_or(65535);
         PathAttributes {
@@ -109,6 +116,16 @@ pub fn session_context() -> CodecContext {
 
 /// Encodes the whole workload.
 pub fn encode(workload: &Workload, injector_as: u32, next_hop: Ipv4Addr) -> Result<EncodedUpdates> {
+    encode_prepended(workload, injector_as, next_hop, 0)
+}
+
+/// Encodes the whole workload with [`Workload::attributes_prepended`].
+pub fn encode_prepended(
+    workload: &Workload,
+    injector_as: u32,
+    next_hop: Ipv4Addr,
+    prepend: u32,
+) -> Result<EncodedUpdates> {
     let ctx = session_context();
     // A /24 NLRI takes 4 octets: about 4 octets per prefix plus the per-UPDATE overhead.
     let mut out =
@@ -123,7 +140,7 @@ pub fn encode(workload: &Workload, injector_as: u32, next_hop: Ipv4Addr) -> Resu
                 .prefix_range(set)
                 .map(|index| Nlri::from(Workload::prefix(index))),
         );
-        let attributes = Workload::attributes(set, injector_as);
+        let attributes = Workload::attributes_prepended(set, injector_as, prepend);
         for update in Update::announce(&attributes, NextHop::V4(next_hop), &nlri, &ctx)
             .with_context(|| format!("split attribute set {set}"))?
         {
@@ -154,6 +171,38 @@ pub fn encode(workload: &Workload, injector_as: u32, next_hop: Ipv4Addr) -> Resu
         ctx,
         next_hop,
     })
+}
+
+/// One UPDATE announcing `prefix` with attribute set 0 via `next_hop`, encoded for [`session_context`].
+pub fn encode_announce(prefix: Ipv4Net, injector_as: u32, next_hop: Ipv4Addr) -> Result<Bytes> {
+    let ctx = session_context();
+    let attributes = Workload::attributes(0, injector_as);
+    let mut out = BytesMut::new();
+    for update in Update::announce(
+        &attributes,
+        NextHop::V4(next_hop),
+        &[Nlri::from(prefix)],
+        &ctx,
+    )
+    .context("announce")?
+    {
+        Message::Update(update)
+            .encode(&ctx, &mut out)
+            .context("encode announce")?;
+    }
+    Ok(out.freeze())
+}
+
+/// One UPDATE withdrawing `prefix`, encoded for [`session_context`].
+pub fn encode_withdraw(prefix: Ipv4Net) -> Result<Bytes> {
+    let ctx = session_context();
+    let mut out = BytesMut::new();
+    for update in Update::withdraw(&[Nlri::from(prefix)], &ctx).context("withdraw")? {
+        Message::Update(update)
+            .encode(&ctx, &mut out)
+            .context("encode withdraw")?;
+    }
+    Ok(out.freeze())
 }
 
 #[cfg(test)]
@@ -189,6 +238,38 @@ mod tests {
             .map(|set| Workload::attributes(set, 65001))
             .collect();
         assert_eq!(sets.len(), 1000);
+    }
+
+    #[test]
+    fn prepending_lengthens_the_path_only() {
+        let plain = Workload::attributes(5, 65002);
+        let prepended = Workload::attributes_prepended(5, 65002, 1);
+        assert_eq!(
+            prepended.as_path.as_ref().unwrap().path_len(),
+            plain.as_path.as_ref().unwrap().path_len() + 1
+        );
+        assert_eq!(prepended.med, plain.med);
+    }
+
+    #[test]
+    fn single_announce_and_withdraw_decode() {
+        let prefix = Workload::prefix(3);
+        let next_hop = Ipv4Addr::new(198, 18, 0, 1);
+        let ctx = session_context();
+        let announce =
+            reef_bgp::wire::decode(&encode_announce(prefix, 65001, next_hop).unwrap(), &ctx)
+                .unwrap();
+        let Message::Update(announce) = announce else {
+            panic!("not an UPDATE")
+        };
+        assert_eq!(announce.nlri, vec![Nlri::from(prefix)]);
+        assert_eq!(announce.attributes.next_hop, Some(next_hop));
+        let withdraw = reef_bgp::wire::decode(&encode_withdraw(prefix).unwrap(), &ctx).unwrap();
+        let Message::Update(withdraw) = withdraw else {
+            panic!("not an UPDATE")
+        };
+        assert_eq!(withdraw.withdrawn, vec![Nlri::from(prefix)]);
+        assert!(withdraw.nlri.is_empty());
     }
 
     /// Decodes the stream back with the codec: every prefix once, each UPDATE within 4096 octets, each

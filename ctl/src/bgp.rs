@@ -51,6 +51,13 @@ enum Command {
     Withdraw { prefix: String },
     /// Ask a peer to re-send its routes (ROUTE-REFRESH).
     Refresh { peer: String },
+    /// The Loc-RIB (selected routes), or every path of one prefix with its verdict and the reason.
+    Rib {
+        /// A prefix (10.0.0.0/24) or an address (its host prefix).
+        prefix: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -110,6 +117,18 @@ async fn execute(args: Args) -> anyhow::Result<()> {
             )
             .await?;
             println!("ROUTE-REFRESH sent to {peer}");
+        }
+        Command::Rib { prefix, output } => {
+            let path = match &prefix {
+                Some(prefix) => format!("/v1/bgp/rib/{}", prefix.replace('/', "%2F")),
+                None => "/v1/bgp/rib".to_string(),
+            };
+            let rib = get(socket, &path).await?;
+            match (output, &prefix) {
+                (Output::Json, _) => println!("{}", serde_json::to_string_pretty(&rib)?),
+                (Output::Table, Some(prefix)) => print!("{}", paths_text(prefix, &rib)),
+                (Output::Table, None) => print!("{}", rib_table(&rib)),
+            }
         }
     }
     Ok(())
@@ -293,6 +312,128 @@ fn routes_table(routes: &Value) -> String {
     )
 }
 
+fn list(value: &Value, key: &str) -> Vec<String> {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map_or_else(|| item.to_string(), str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn joined_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(" ")
+    }
+}
+
+/// `reefctl bgp rib`: one line per Loc-RIB prefix.
+fn rib_table(rib: &Value) -> String {
+    let rows: Vec<Vec<String>> = rib
+        .as_array()
+        .map(|routes| {
+            routes
+                .iter()
+                .map(|r| {
+                    let from = match r.get("peer") {
+                        None | Some(Value::Null) => "local".to_string(),
+                        Some(_) => text(r, "peer"),
+                    };
+                    let stale = r.get("stale").and_then(Value::as_bool) == Some(true);
+                    vec![
+                        text(r, "prefix"),
+                        joined_or_dash(&list(r, "nextHops")),
+                        from,
+                        text(r, "asPath"),
+                        text(r, "localPref"),
+                        text(r, "paths"),
+                        if stale { "stale".into() } else { "-".into() },
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        &[
+            "PREFIX",
+            "NEXT HOPS",
+            "FROM",
+            "AS PATH",
+            "LOCAL PREF",
+            "PATHS",
+            "FLAGS",
+        ],
+        &rows,
+    )
+}
+
+/// `reefctl bgp rib PREFIX`: every path, best first, like `birdc show route all for PREFIX`.
+fn paths_text(prefix: &str, paths: &Value) -> String {
+    let paths = paths.as_array().map(Vec::as_slice).unwrap_or_default();
+    if paths.is_empty() {
+        return format!("{prefix}: no paths in the RIB\n");
+    }
+    let mut out = format!("{prefix}: {} path(s)\n", paths.len());
+    for (n, p) in paths.iter().enumerate() {
+        let rank = p
+            .get("rank")
+            .and_then(Value::as_u64)
+            .map_or(n + 1, |r| r as usize);
+        let from = match p.get("peer") {
+            None | Some(Value::Null) => "local".to_string(),
+            Some(_) => text(p, "peer"),
+        };
+        out.push_str(&format!(
+            "#{rank} {}  from {from} ({}, router id {})  via {}\n",
+            text(p, "verdict"),
+            text(p, "peerType"),
+            text(p, "routerId"),
+            text(p, "nextHop"),
+        ));
+        if let Some(reason) = p.get("reason").and_then(Value::as_str) {
+            let against = p
+                .get("against")
+                .and_then(Value::as_str)
+                .map(|a| format!(" (vs {a})"))
+                .unwrap_or_default();
+            out.push_str(&format!("     reason: {reason}{against}\n"));
+        }
+        out.push_str(&format!(
+            "     AS path: {}  origin: {}  local pref: {}  MED: {}\n",
+            text(p, "asPath"),
+            text(p, "origin"),
+            text(p, "localPref"),
+            text(p, "med"),
+        ));
+        let mut communities = list(p, "communities");
+        communities.extend(list(p, "largeCommunities"));
+        if !communities.is_empty() {
+            out.push_str(&format!("     communities: {}\n", communities.join(" ")));
+        }
+        let cluster_list = list(p, "clusterList");
+        if p.get("originatorId").is_some_and(|o| !o.is_null()) || !cluster_list.is_empty() {
+            out.push_str(&format!(
+                "     originator: {}  cluster list: {}\n",
+                text(p, "originatorId"),
+                joined_or_dash(&cluster_list)
+            ));
+        }
+        if p.get("stale").and_then(Value::as_bool) == Some(true) {
+            out.push_str("     stale (kept through the peer's graceful restart)\n");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +452,65 @@ mod tests {
                 && lines[1].contains("3/2")
         );
         assert!(lines[1].contains("2026-11-29T17:40:00Z "), "{}", lines[1]);
+    }
+
+    #[test]
+    fn rib_table_marks_local_and_stale_routes() {
+        let rib = json!([
+            { "prefix": "10.66.0.0/26", "peer": "198.51.100.2", "nextHops": ["198.51.100.2", "198.51.100.3"],
+              "asPath": "65001", "localPref": 100, "paths": 2, "stale": true },
+            { "prefix": "10.65.0.0/26", "peer": null, "nextHops": [], "asPath": "", "localPref": null,
+              "paths": 1, "stale": false }
+        ]);
+        let out = rib_table(&rib);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("PREFIX"));
+        assert!(lines[1].contains("198.51.100.2 198.51.100.3") && lines[1].ends_with("stale"));
+        assert!(
+            lines[2].contains(" local ") && lines[2].ends_with('-'),
+            "{}",
+            lines[2]
+        );
+    }
+
+    #[test]
+    fn paths_text_shows_verdicts_and_reasons() {
+        let paths = json!([
+            { "rank": 1, "peer": "198.51.100.2", "peerType": "eBGP", "routerId": "198.51.100.2",
+              "verdict": "best", "reason": "higher LOCAL_PREF (200 > 100)", "against": "198.51.100.3",
+              "nextHop": "198.51.100.2", "asPath": "65001 65002", "origin": "igp", "localPref": 200,
+              "med": null, "communities": ["65001:100"], "largeCommunities": ["65001:1:2"],
+              "originatorId": null, "clusterList": [], "stale": false },
+            { "rank": 2, "peer": "198.51.100.3", "peerType": "eBGP", "routerId": "198.51.100.3",
+              "verdict": "not selected", "reason": "lower LOCAL_PREF (100 < 200)", "against": "198.51.100.2",
+              "nextHop": "198.51.100.3", "asPath": "65003", "origin": "igp", "localPref": 100,
+              "med": 5, "communities": [], "largeCommunities": [], "originatorId": "192.0.2.9",
+              "clusterList": ["192.0.2.1"], "stale": true }
+        ]);
+        let out = paths_text("10.66.0.0/26", &paths);
+        assert!(out.starts_with("10.66.0.0/26: 2 path(s)\n"), "{out}");
+        assert!(
+            out.contains(
+                "#1 best  from 198.51.100.2 (eBGP, router id 198.51.100.2)  via 198.51.100.2"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("reason: higher LOCAL_PREF (200 > 100) (vs 198.51.100.3)"),
+            "{out}"
+        );
+        assert!(out.contains("communities: 65001:100 65001:1:2"), "{out}");
+        assert!(out.contains("#2 not selected"), "{out}");
+        assert!(
+            out.contains("originator: 192.0.2.9  cluster list: 192.0.2.1"),
+            "{out}"
+        );
+        assert!(out.contains("stale (kept"), "{out}");
+        assert_eq!(
+            paths_text("10.0.0.0/8", &json!([])),
+            "10.0.0.0/8: no paths in the RIB\n"
+        );
     }
 
     #[tokio::test]

@@ -16,10 +16,20 @@ use crate::netns::Netns;
 use crate::process::Process;
 use crate::run::{run_ok, wait_for};
 
+/// Raw bird.conf text added to what the lab renders from the [`BgpConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct BirdOptions {
+    /// At the top level (e.g. a `bfd` protocol, filters).
+    pub global: String,
+    /// Inside every `protocol bgp` (e.g. `graceful restart on;`, `bfd on;`, `rr client;`).
+    pub protocol: String,
+}
+
 /// A BIRD 2 daemon. BGP protocols are named `n0`, `n1`, ... in neighbor order.
 pub struct Bird {
     process: Process,
     config: BgpConfig,
+    options: BirdOptions,
     originated: Vec<IpNet>,
     dir: tempfile::TempDir,
     ns: Netns,
@@ -29,12 +39,18 @@ impl Bird {
     /// Writes bird.conf into a temporary directory and starts `bird -f` inside `ns` (taking the
     /// namespace: it goes when the daemon goes). Returns once `birdc` answers.
     pub fn start(ns: Netns, config: BgpConfig) -> Result<Bird> {
+        Bird::start_with(ns, config, BirdOptions::default())
+    }
+
+    /// [`Bird::start`] with raw config added (see [`BirdOptions`]).
+    pub fn start_with(ns: Netns, config: BgpConfig, options: BirdOptions) -> Result<Bird> {
         let dir = workdir("bird")?;
         let originated = config.originate.clone();
-        let process = spawn(&ns, dir.path(), &config, &originated)?;
+        let process = spawn(&ns, dir.path(), &config, &options, &originated)?;
         Ok(Bird {
             process,
             config,
+            options,
             originated,
             dir,
             ns,
@@ -62,7 +78,12 @@ impl Bird {
     fn reconfigure(&self) -> Result<()> {
         write_file(
             &self.dir.path().join("bird.conf"),
-            &render(self.dir.path(), &self.config, &self.originated),
+            &render(
+                self.dir.path(),
+                &self.config,
+                &self.options,
+                &self.originated,
+            ),
         )?;
         let out = self.birdc(&["configure"])?;
         if out.contains("Reconfigured") || out.contains("Reconfiguration in progress") {
@@ -81,10 +102,11 @@ fn spawn(
     ns: &Netns,
     dir: &std::path::Path,
     config: &BgpConfig,
+    options: &BirdOptions,
     originated: &[IpNet],
 ) -> Result<Process> {
     let conf = dir.join("bird.conf");
-    write_file(&conf, &render(dir, config, originated))?;
+    write_file(&conf, &render(dir, config, options, originated))?;
     let socket = dir.join("bird.ctl");
     let _ = std::fs::remove_file(&socket);
     let mut cmd = ns.command("bird");
@@ -137,10 +159,16 @@ fn static_route(prefix: &IpNet, config: &BgpConfig) -> String {
 
 /// bird.conf: static blackhole routes (the originated prefixes) and one BGP protocol per neighbor
 /// with IPv4 and IPv6 channels, `import all; export all;`, `gateway direct` (next hops on the link).
-fn render(dir: &std::path::Path, config: &BgpConfig, originated: &[IpNet]) -> String {
+fn render(
+    dir: &std::path::Path,
+    config: &BgpConfig,
+    options: &BirdOptions,
+    originated: &[IpNet],
+) -> String {
     let mut conf = String::new();
     let _ = writeln!(conf, "router id {};", config.router_id);
     let _ = writeln!(conf, "log \"{}\" all;", dir.join("bird.log").display());
+    push_lines(&mut conf, &options.global, "");
     conf.push_str("protocol device {}\n");
     conf.push_str("protocol static s4 {\n  ipv4;\n");
     for prefix in originated.iter().filter(|p| matches!(p, IpNet::V4(_))) {
@@ -191,9 +219,19 @@ fn render(dir: &std::path::Path, config: &BgpConfig, originated: &[IpNet]) -> St
             "  ipv6 {{ import all; export all; gateway direct; next hop address {}; }};",
             config.local_v6
         );
+        push_lines(&mut conf, &options.protocol, "  ");
         conf.push_str("}\n");
     }
     conf
+}
+
+/// Appends raw config text line by line, each indented by `indent`.
+fn push_lines(conf: &mut String, text: &str, indent: &str) {
+    for line in text.lines() {
+        conf.push_str(indent);
+        conf.push_str(line);
+        conf.push('\n');
+    }
 }
 
 /// The prefixes of a `birdc show route` listing: lines that start with a prefix.
@@ -284,7 +322,13 @@ impl BgpDaemon for Bird {
 
     fn restart(&mut self) -> Result<()> {
         self.process.stop();
-        self.process = spawn(&self.ns, self.dir.path(), &self.config, &self.originated)?;
+        self.process = spawn(
+            &self.ns,
+            self.dir.path(),
+            &self.config,
+            &self.options,
+            &self.originated,
+        )?;
         Ok(())
     }
 }

@@ -18,11 +18,33 @@ use crate::run::{run_ok, wait_for};
 
 const ROUTE_MAP: &str = "LAB-ORIGINATE";
 
-/// FRR's zebra and bgpd. Dropping it stops both and removes /etc/frr/NAME and /var/run/frr/NAME.
+/// Raw frr.conf text added to what the lab renders from the [`BgpConfig`], for the features the
+/// common config does not model (route reflection, graceful restart, BFD, multipath, route maps).
+#[derive(Debug, Clone, Default)]
+pub struct FrrOptions {
+    /// Before `router bgp` (e.g. a `bfd` block with a profile, route-maps). Every daemon reads the
+    /// whole file and `exit` at the top level ends a daemon's config parsing when that daemon did
+    /// not know the block: leave the `exit` of blocks other daemons lack (`bfd`) out.
+    pub global: String,
+    /// Inside `router bgp`, after the neighbors (e.g. `bgp graceful-restart`, `neighbor X bfd`).
+    pub router: String,
+    /// Inside `address-family ipv4 unicast` (e.g. `neighbor X route-reflector-client`,
+    /// `maximum-paths 4`).
+    pub ipv4: String,
+    /// Inside `address-family ipv6 unicast`.
+    pub ipv6: String,
+    /// Also start bfdd (needed by `neighbor X bfd`).
+    pub bfdd: bool,
+}
+
+/// FRR's zebra and bgpd (and bfdd when asked). Dropping it stops them and removes /etc/frr/NAME
+/// and /var/run/frr/NAME.
 pub struct Frr {
     bgpd: Process,
+    bfdd: Option<Process>,
     zebra: Process,
     config: BgpConfig,
+    options: FrrOptions,
     originated: Vec<IpNet>,
     pathspace: Pathspace,
     dir: tempfile::TempDir,
@@ -33,6 +55,11 @@ impl Frr {
     /// Writes frr.conf and starts zebra then bgpd inside `ns` (taking the namespace). The
     /// pathspace name is the namespace name. Returns once vtysh reaches bgpd.
     pub fn start(ns: Netns, config: BgpConfig) -> Result<Frr> {
+        Frr::start_with(ns, config, FrrOptions::default())
+    }
+
+    /// [`Frr::start`] with raw config added (see [`FrrOptions`]).
+    pub fn start_with(ns: Netns, config: BgpConfig, options: FrrOptions) -> Result<Frr> {
         let pathspace = ns.name().to_string();
         let dir = workdir("frr")?;
         chown_frr(dir.path())?;
@@ -44,14 +71,16 @@ impl Frr {
         write_file(&conf_dir.join("vtysh.conf"), "")?;
         write_file(
             &conf_dir.join("frr.conf"),
-            &render(dir.path(), &config, &originated),
+            &render(dir.path(), &config, &options, &originated),
         )?;
         chown_frr(&conf_dir)?;
-        let (zebra, bgpd) = spawn(&ns, &pathspace.0, dir.path())?;
+        let daemons = spawn(&ns, &pathspace.0, dir.path(), options.bfdd, None)?;
         Ok(Frr {
-            bgpd,
-            zebra,
+            bgpd: daemons.bgpd,
+            bfdd: daemons.bfdd,
+            zebra: daemons.zebra,
             config,
+            options,
             originated,
             pathspace,
             dir,
@@ -72,6 +101,66 @@ impl Frr {
         all.get(peer.to_string())
             .cloned()
             .ok_or_else(|| LabError::Daemon(format!("frr has no neighbor {peer}: {text}")))
+    }
+
+    /// `show bgp ipv4|ipv6 unicast PREFIX json`: every path of `prefix` in FRR's RIB (`paths[]` with
+    /// `nexthops`, `originatorId`, `clusterList`, `community`, `stale`, ...); `{}` when none.
+    pub fn route_json(&self, prefix: IpNet) -> Result<Value> {
+        let family = match prefix {
+            IpNet::V4(_) => "ipv4",
+            IpNet::V6(_) => "ipv6",
+        };
+        let text = self.vtysh(&[&format!("show bgp {family} unicast {prefix} json")])?;
+        serde_json::from_str(&text).map_err(|e| LabError::parse("vtysh route json", e))
+    }
+
+    /// Kills bgpd, bfdd and zebra with SIGKILL: no NOTIFICATION, the kernel routes stay (a crash).
+    pub fn crash(&mut self) {
+        self.bgpd.kill();
+        if let Some(bfdd) = &mut self.bfdd {
+            bfdd.kill();
+        }
+        self.zebra.kill();
+    }
+
+    /// The prefixes a later [`Frr::respawn`] (or restart) originates, set while FRR is down.
+    pub fn set_originated(&mut self, prefixes: Vec<IpNet>) {
+        self.originated = prefixes;
+    }
+
+    /// Starts the daemons again after [`Frr::crash`] (running ones are stopped first). zebra gets
+    /// `-K keep_kernel_routes` (seconds): it keeps the routes the previous run left in the kernel
+    /// that long, until bgpd installs them again (FRR's own graceful restart of the data plane).
+    pub fn respawn(&mut self, keep_kernel_routes: Option<u32>) -> Result<()> {
+        self.stop_daemons();
+        write_file(
+            &conf_dir(&self.pathspace.0).join("frr.conf"),
+            &render(
+                self.dir.path(),
+                &self.config,
+                &self.options,
+                &self.originated,
+            ),
+        )?;
+        let daemons = spawn(
+            &self.ns,
+            &self.pathspace.0,
+            self.dir.path(),
+            self.options.bfdd,
+            keep_kernel_routes,
+        )?;
+        self.zebra = daemons.zebra;
+        self.bfdd = daemons.bfdd;
+        self.bgpd = daemons.bgpd;
+        Ok(())
+    }
+
+    fn stop_daemons(&mut self) {
+        self.bgpd.stop();
+        if let Some(bfdd) = &mut self.bfdd {
+            bfdd.stop();
+        }
+        self.zebra.stop();
     }
 
     fn configure(&self, lines: &[&str]) -> Result<()> {
@@ -118,17 +207,34 @@ fn vtysh(ns: &Netns, pathspace: &str, commands: &[&str]) -> Result<String> {
     run_ok(&mut cmd)
 }
 
-/// Starts zebra, waits for its zserv socket, starts bgpd, waits for vtysh to reach bgpd. Both run
-/// in the foreground (no -d) as our children.
-fn spawn(ns: &Netns, pathspace: &str, dir: &Path) -> Result<(Process, Process)> {
+struct Daemons {
+    zebra: Process,
+    bfdd: Option<Process>,
+    bgpd: Process,
+}
+
+/// Starts zebra (with `-K SECONDS` when given), waits for its zserv socket, starts bfdd when asked,
+/// starts bgpd, waits for vtysh to reach bgpd. All run in the foreground (no -d) as our children.
+fn spawn(
+    ns: &Netns,
+    pathspace: &str,
+    dir: &Path,
+    with_bfdd: bool,
+    keep_kernel_routes: Option<u32>,
+) -> Result<Daemons> {
     let conf = conf_dir(pathspace).join("frr.conf");
     let conf = conf.to_string_lossy();
     let run_dir = Path::new("/var/run/frr").join(pathspace);
     let _ = std::fs::remove_file(run_dir.join("zserv.api"));
+    let keep = keep_kernel_routes.map(|s| s.to_string());
+    let mut zebra_args = vec!["-N", pathspace, "-f", &conf];
+    if let Some(seconds) = &keep {
+        zebra_args.extend(["-K", seconds.as_str()]);
+    }
     let mut zebra = ns.spawn(
         "zebra",
         "/usr/lib/frr/zebra",
-        &["-N", pathspace, "-f", &conf],
+        &zebra_args,
         &dir.join("zebra.out"),
     )?;
     wait_for(
@@ -141,6 +247,16 @@ fn spawn(ns: &Netns, pathspace: &str, dir: &Path) -> Result<(Process, Process)> 
         let log = std::fs::read_to_string(dir.join("zebra.out")).unwrap_or_default();
         return Err(LabError::Daemon(format!("zebra exited at start: {log}")));
     }
+    let bfdd = if with_bfdd {
+        Some(ns.spawn(
+            "bfdd",
+            "/usr/lib/frr/bfdd",
+            &["-N", pathspace, "-f", &conf],
+            &dir.join("bfdd.out"),
+        )?)
+    } else {
+        None
+    };
     let mut bgpd = ns.spawn(
         "bgpd",
         "/usr/lib/frr/bgpd",
@@ -165,7 +281,7 @@ fn spawn(ns: &Netns, pathspace: &str, dir: &Path) -> Result<(Process, Process)> 
         let log = std::fs::read_to_string(dir.join("bgpd.out")).unwrap_or_default();
         return Err(LabError::Daemon(format!("bgpd exited at start: {log}")));
     }
-    Ok((zebra, bgpd))
+    Ok(Daemons { zebra, bfdd, bgpd })
 }
 
 fn route_map_suffix(config: &BgpConfig) -> String {
@@ -178,10 +294,11 @@ fn route_map_suffix(config: &BgpConfig) -> String {
 
 /// frr.conf: `no bgp ebgp-requires-policy`, `no bgp network import-check` (originated prefixes need
 /// no RIB entry), one neighbor per config neighbor activated for IPv4 and IPv6 unicast.
-fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
+fn render(dir: &Path, config: &BgpConfig, options: &FrrOptions, originated: &[IpNet]) -> String {
     let mut conf = String::new();
     conf.push_str("frr defaults traditional\n");
     let _ = writeln!(conf, "log file {}", dir.join("frr.log").display());
+    push_lines(&mut conf, &options.global);
     let attrs = &config.attrs;
     if !attrs.is_empty() {
         let _ = writeln!(conf, "route-map {ROUTE_MAP} permit 10");
@@ -218,6 +335,7 @@ fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
             let _ = writeln!(conf, " neighbor {} passive", n.address);
         }
     }
+    push_lines(&mut conf, &options.router);
     for (family, v4) in [("ipv4", true), ("ipv6", false)] {
         let _ = writeln!(conf, " address-family {family} unicast");
         for prefix in originated
@@ -229,10 +347,19 @@ fn render(dir: &Path, config: &BgpConfig, originated: &[IpNet]) -> String {
         for n in &config.neighbors {
             let _ = writeln!(conf, "  neighbor {} activate", n.address);
         }
+        push_lines(&mut conf, if v4 { &options.ipv4 } else { &options.ipv6 });
         conf.push_str(" exit-address-family\n");
     }
     conf.push_str("exit\n");
     conf
+}
+
+/// Appends raw config text, one line per line, ending with a newline.
+fn push_lines(conf: &mut String, text: &str) {
+    for line in text.lines() {
+        conf.push_str(line);
+        conf.push('\n');
+    }
 }
 
 fn routes_of(json: &str) -> Result<BTreeSet<IpNet>> {
@@ -333,16 +460,7 @@ impl BgpDaemon for Frr {
     }
 
     fn restart(&mut self) -> Result<()> {
-        self.bgpd.stop();
-        self.zebra.stop();
-        write_file(
-            &conf_dir(&self.pathspace.0).join("frr.conf"),
-            &render(self.dir.path(), &self.config, &self.originated),
-        )?;
-        let (zebra, bgpd) = spawn(&self.ns, &self.pathspace.0, self.dir.path())?;
-        self.zebra = zebra;
-        self.bgpd = bgpd;
-        Ok(())
+        self.respawn(None)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Network namespaces and veth links, all made with `ip`, none of it in the root namespace.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -182,4 +183,185 @@ pub fn veth(a: &Netns, b: &Netns) -> Result<Link> {
         ns.ip(&["link", "set", &end.ifname, "up"])?;
     }
     Ok(link)
+}
+
+impl Netns {
+    /// `sysctl -w KEY=VALUE` inside the namespace (net.* sysctls are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    /// Turns the namespace into a router: IPv4 and IPv6 forwarding on.
+    pub fn enable_forwarding(&self) -> Result<()> {
+        self.sysctl("net.ipv4.ip_forward", "1")?;
+        self.sysctl("net.ipv6.conf.all.forwarding", "1")
+    }
+
+    /// The kernel route for exactly `prefix` in `table` (`ip -j route show table T exact P`), with
+    /// its next hops; `None` when there is none.
+    pub fn kernel_route(&self, prefix: ipnet::IpNet, table: u32) -> Result<Option<KernelRoute>> {
+        let family = if prefix.addr().is_ipv4() { "-4" } else { "-6" };
+        let text = self.ip(&[
+            family,
+            "-j",
+            "route",
+            "show",
+            "table",
+            &table.to_string(),
+            "exact",
+            &prefix.to_string(),
+        ])?;
+        let routes: Vec<serde_json::Value> = if text.trim().is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| crate::error::LabError::parse("ip -j route", e))?
+        };
+        Ok(routes.first().map(KernelRoute::from_json))
+    }
+
+    /// Drops every packet from and to `peer` inside this namespace (an nftables table `lab_cut`):
+    /// the link stays up, so only protocols that notice silence (BFD, hold timers) can tell.
+    pub fn cut(&self, peer: IpAddr) -> Result<()> {
+        let family = if peer.is_ipv4() { "ip" } else { "ip6" };
+        let peer = peer.to_string();
+        self.exec(&["nft", "add", "table", "inet", "lab_cut"])?;
+        for (chain, hook, direction) in [("input", "input", "saddr"), ("output", "output", "daddr")]
+        {
+            let spec = format!("{{ type filter hook {hook} priority -300; }}");
+            self.exec(&["nft", "add", "chain", "inet", "lab_cut", chain, &spec])?;
+            self.exec(&[
+                "nft", "add", "rule", "inet", "lab_cut", chain, family, direction, &peer, "drop",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Netns::cut`].
+    pub fn uncut(&self) -> Result<()> {
+        self.exec(&["nft", "delete", "table", "inet", "lab_cut"])
+            .map(|_| ())
+    }
+}
+
+/// A kernel route as `ip -j route` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// `protocol`: a name from /etc/iproute2/rt_protos ("bgp", "kernel") or a number ("82").
+    pub protocol: String,
+    /// The gateways: `gateway` of a single-path route, or every `nexthops[].gateway`.
+    pub next_hops: BTreeSet<IpAddr>,
+    /// `dev` of a single-path route, or the first next hop's.
+    pub dev: String,
+}
+
+impl KernelRoute {
+    fn from_json(route: &serde_json::Value) -> KernelRoute {
+        let text = |v: &serde_json::Value, key: &str| {
+            v.get(key)
+                .map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default()
+        };
+        let gateway = |v: &serde_json::Value| {
+            v.get("gateway")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|g| g.parse::<IpAddr>().ok())
+        };
+        let mut next_hops: BTreeSet<IpAddr> = gateway(route).into_iter().collect();
+        let mut dev = text(route, "dev");
+        if let Some(list) = route.get("nexthops").and_then(serde_json::Value::as_array) {
+            next_hops.extend(list.iter().filter_map(gateway));
+            if dev.is_empty() {
+                dev = list.first().map(|n| text(n, "dev")).unwrap_or_default();
+            }
+        }
+        KernelRoute {
+            protocol: text(route, "protocol"),
+            next_hops,
+            dev,
+        }
+    }
+}
+
+/// An Ethernet segment: a bridge in a namespace of its own, with any number of namespaces attached
+/// by veth. Every member gets the next address of one /24 (and /64) of the lab ranges, so routes
+/// passed on unchanged (iBGP, route reflection) keep a next hop every member reaches directly.
+#[derive(Debug)]
+pub struct Lan {
+    v4: (Ipv4Addr, Ipv4Addr),
+    v6: (Ipv6Addr, Ipv6Addr),
+    members: u32,
+    // Last: the namespace goes after the rest (the bridge and the switch ends go with it).
+    switch: Netns,
+}
+
+impl Lan {
+    /// Bridge `br0` in a new namespace `<tag>-<pid>-<n>`; the subnet is the one of a fresh link
+    /// number (198.18.0.0/15 /24, 2001:db8::/32 /64).
+    pub fn new(tag: &str) -> Result<Lan> {
+        let switch = Netns::new(tag)?;
+        let n = next_number();
+        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+        Ok(Lan {
+            v4: link_v4(n),
+            v6: link_v6(n),
+            members: 0,
+            switch,
+        })
+    }
+
+    /// Plugs `ns` into the segment: a veth `lan<n>` in `ns` (addressed `.<k>` of the /24 and `::<k>`
+    /// of the /64, k = 1, 2, ... in attach order) whose other end is enslaved to the bridge.
+    pub fn attach(&mut self, ns: &Netns) -> Result<LinkEnd> {
+        self.members += 1;
+        let k = self.members;
+        if k > 250 {
+            return Err(crate::error::LabError::Daemon(
+                "a lab LAN has at most 250 members".to_string(),
+            ));
+        }
+        let n = next_number();
+        let end = LinkEnd {
+            ifname: format!("lan{n}"),
+            v4: {
+                let [a, b, c, _] = self.v4.0.octets();
+                Ipv4Addr::new(a, b, c, k as u8)
+            },
+            v6: {
+                let s = self.v6.0.segments();
+                Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, k as u16)
+            },
+        };
+        let port = format!("lan{n}s");
+        ns.ip(&[
+            "link",
+            "add",
+            &end.ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            self.switch.name(),
+        ])?;
+        self.switch.ip(&["link", "set", &port, "master", "br0"])?;
+        self.switch.ip(&["link", "set", &port, "up"])?;
+        let v4 = format!("{}/{}", end.v4, Link::V4_PREFIX_LEN);
+        let v6 = format!("{}/{}", end.v6, Link::V6_PREFIX_LEN);
+        ns.ip(&["addr", "add", &v4, "dev", &end.ifname])?;
+        ns.ip(&["-6", "addr", "add", &v6, "dev", &end.ifname, "nodad"])?;
+        ns.ip(&["link", "set", &end.ifname, "up"])?;
+        Ok(end)
+    }
+
+    /// The namespace that holds the bridge.
+    pub fn switch(&self) -> &Netns {
+        &self.switch
+    }
 }

@@ -18,11 +18,12 @@ use crate::netns::Netns;
 use crate::process::Process;
 use crate::run::{binary, run_ok, wait_for};
 
-/// reefd in speaker mode. Every session carries `nextHop` / `nextHopV6` = the link's addresses, so
-/// routes of the other family than the session's get a usable next hop.
+/// reefd in speaker mode. Started from a [`BgpConfig`] every session carries `nextHop` /
+/// `nextHopV6` = the link's addresses, so routes of the other family than the session's get a usable
+/// next hop; started from raw YAML ([`Reefd::start_yaml`]) it runs exactly that file.
 pub struct Reefd {
     process: Process,
-    config: BgpConfig,
+    source: Source,
     reefd: PathBuf,
     reefctl: PathBuf,
     dir: tempfile::TempDir,
@@ -36,15 +37,74 @@ impl Reefd {
         let reefd = binary("reefd")?;
         let reefctl = binary("reefctl")?;
         let dir = workdir("reefd")?;
-        let process = spawn(&ns, dir.path(), &reefd, &reefctl, &config)?;
+        let source = Source::Lab(config);
+        let process = spawn(&ns, dir.path(), &reefd, &reefctl, &source.yaml(dir.path()))?;
         Ok(Reefd {
             process,
-            config,
+            source,
             reefd,
             reefctl,
             dir,
             ns,
         })
+    }
+
+    /// Starts reefd inside `ns` from `yaml` as written (the lab appends only the `admin` socket, in
+    /// its working directory: leave `admin` out). Routes advertised or withdrawn with `reefctl` later
+    /// are not written back: a restart runs the same file again.
+    pub fn start_yaml(ns: Netns, yaml: &str) -> Result<Reefd> {
+        let reefd = binary("reefd")?;
+        let reefctl = binary("reefctl")?;
+        let dir = workdir("reefd")?;
+        let source = Source::Yaml(yaml.to_string());
+        let process = spawn(&ns, dir.path(), &reefd, &reefctl, &source.yaml(dir.path()))?;
+        Ok(Reefd {
+            process,
+            source,
+            reefd,
+            reefctl,
+            dir,
+            ns,
+        })
+    }
+
+    /// The pid of the running reefd.
+    pub fn pid(&self) -> libc::pid_t {
+        self.process.pid()
+    }
+
+    /// Kills reefd with SIGKILL: no NOTIFICATION, no cleanup, kernel routes left behind (a crash).
+    pub fn crash(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts reefd again from the same configuration (after [`Reefd::crash`]; a running reefd
+    /// is stopped first). Returns once the admin socket answers.
+    pub fn respawn(&mut self) -> Result<()> {
+        self.process.stop();
+        self.process = spawn(
+            &self.ns,
+            self.dir.path(),
+            &self.reefd,
+            &self.reefctl,
+            &self.source.yaml(self.dir.path()),
+        )?;
+        Ok(())
+    }
+
+    /// reefd's log (stdout and stderr of every run so far).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("reefd.log")).unwrap_or_default()
+    }
+
+    /// `reefctl bgp rib [PREFIX] -o json`: the Loc-RIB, or every path of `prefix` with its verdict.
+    pub fn rib_json(&self, prefix: Option<IpNet>) -> Result<Value> {
+        let prefix_text = prefix.map(|p| p.to_string());
+        let mut args = vec!["rib"];
+        args.extend(prefix_text.as_deref());
+        args.extend(["-o", "json"]);
+        let text = self.reefctl(&args)?;
+        serde_json::from_str(&text).map_err(|e| LabError::parse("reefctl rib json", e))
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -152,15 +212,32 @@ fn render(dir: &Path, config: &BgpConfig) -> String {
     yaml
 }
 
-fn spawn(
-    ns: &Netns,
-    dir: &Path,
-    reefd: &Path,
-    reefctl_bin: &Path,
-    config: &BgpConfig,
-) -> Result<Process> {
+/// What reefd.yaml is made from.
+enum Source {
+    Lab(BgpConfig),
+    Yaml(String),
+}
+
+impl Source {
+    fn yaml(&self, dir: &Path) -> String {
+        match self {
+            Source::Lab(config) => render(dir, config),
+            Source::Yaml(text) => {
+                let mut yaml = text.trim_end().to_string();
+                let _ = write!(
+                    yaml,
+                    "\nadmin: {{ socket: \"{}\" }}\n",
+                    dir.join("reefd.sock").display()
+                );
+                yaml
+            }
+        }
+    }
+}
+
+fn spawn(ns: &Netns, dir: &Path, reefd: &Path, reefctl_bin: &Path, yaml: &str) -> Result<Process> {
     let conf = dir.join("reefd.yaml");
-    write_file(&conf, &render(dir, config))?;
+    write_file(&conf, yaml)?;
     let socket = dir.join("reefd.sock");
     let _ = std::fs::remove_file(&socket);
     let mut cmd = ns.command(reefd);
@@ -220,15 +297,19 @@ impl BgpDaemon for Reefd {
 
     fn advertise(&mut self, prefix: IpNet) -> Result<()> {
         self.reefctl(&["advertise", &prefix.to_string()])?;
-        if !self.config.originate.contains(&prefix) {
-            self.config.originate.push(prefix);
+        if let Source::Lab(config) = &mut self.source
+            && !config.originate.contains(&prefix)
+        {
+            config.originate.push(prefix);
         }
         Ok(())
     }
 
     fn withdraw(&mut self, prefix: IpNet) -> Result<()> {
         self.reefctl(&["withdraw", &prefix.to_string()])?;
-        self.config.originate.retain(|p| *p != prefix);
+        if let Source::Lab(config) = &mut self.source {
+            config.originate.retain(|p| *p != prefix);
+        }
         Ok(())
     }
 
@@ -255,14 +336,6 @@ impl BgpDaemon for Reefd {
     }
 
     fn restart(&mut self) -> Result<()> {
-        self.process.stop();
-        self.process = spawn(
-            &self.ns,
-            self.dir.path(),
-            &self.reefd,
-            &self.reefctl,
-            &self.config,
-        )?;
-        Ok(())
+        self.respawn()
     }
 }

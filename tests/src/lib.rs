@@ -4,3 +4,4 @@
 //! reference daemon, one test per daemon x case (see `tests/interop_*.rs` and docs/INTEROP.md).
 
 pub mod interop;
+pub mod routing;

@@ -6,15 +6,16 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use reef_bench::ingest::{INJECTOR_AS, INTERRUPTED, IngestOptions, measure};
+use reef_bench::ingest::{
+    INJECTOR_AS, INTERRUPTED, IngestOptions, install_signal_handlers, measure,
+};
 use reef_bench::receivers::Daemon;
-use reef_bench::report::{IngestResult, Report};
+use reef_bench::report::{IngestResult, Report, machine, utc_now};
 use reef_bench::workload::{Workload, encode};
 
 #[derive(Parser, Debug)]
@@ -47,10 +48,6 @@ struct Args {
     reefd: Option<PathBuf>,
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if !reef_lab::is_root() {
@@ -61,12 +58,7 @@ fn main() -> Result<()> {
         .iter()
         .map(|name| name.parse::<Daemon>())
         .collect::<Result<Vec<_>>>()?;
-    // Ctrl-C and SIGTERM only set a flag: the waits give up and the Drop guards stop the daemons and
-    // delete the namespaces.
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
-    }
+    install_signal_handlers();
     let reefd = match args.reefd {
         Some(path) => path,
         None => reef_lab::binary("reefd").unwrap_or_else(|_| PathBuf::from("reefd")),
@@ -111,7 +103,7 @@ fn main() -> Result<()> {
         results.extend(IngestResult::median_of(runs));
     }
     let report = Report {
-        date: command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        date: utc_now(),
         machine: machine(),
         prefixes: encoded.prefixes,
         attr_sets: encoded.attr_sets,
@@ -131,32 +123,4 @@ fn main() -> Result<()> {
         std::process::exit(130);
     }
     Ok(())
-}
-
-/// First line of a command's output, or "?" (only for the report's header).
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .and_then(|text| text.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "?".to_string())
-}
-
-/// "N cores, <CPU model>, Linux <release>".
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("model name"))
-                .map(|model| model.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    format!(
-        "{cores} cores, {cpu}, Linux {}",
-        command_line("uname", &["-r"])
-    )
 }

@@ -218,6 +218,16 @@ fn family_of(prefix: IpNet) -> AfiSafi {
     }
 }
 
+/// Whether packets can be sent to `hop`: not unspecified, and not an IPv4-mapped IPv6 address (what a
+/// speaker sends for IPv6 routes over an IPv4 session without an IPv6 next hop; the kernel refuses it,
+/// BIRD ignores such routes).
+fn usable_next_hop(hop: IpAddr) -> bool {
+    match hop {
+        IpAddr::V4(v4) => !v4.is_unspecified(),
+        IpAddr::V6(v6) => !v6.is_unspecified() && v6.to_ipv4_mapped().is_none(),
+    }
+}
+
 /// The kernel next hops of a selection: the distinct next hops of its learned paths (none when a local
 /// path is best: the node's own blocks are felix's business).
 fn fib_next_hops(selected: Option<&Selected>) -> Vec<IpAddr> {
@@ -427,7 +437,7 @@ impl Routing {
                             };
                             let mut candidate = Candidate::shared(info.clone(), attrs);
                             candidate.next_hop = path.next_hop;
-                            candidate.next_hop_reachable = path.next_hop.is_some();
+                            candidate.next_hop_reachable = path.next_hop.is_some_and(usable_next_hop);
                             candidate.own_as_allowed = peer.routing.allow_own_as;
                             Some(candidate)
                         }

@@ -1,0 +1,176 @@
+//! Convergence benchmark: time from a route's loss (a withdraw from the peer, or with `--trigger bfd` a
+//! cut link detected by BFD) to the kernel route's removal in the daemon's namespace, p50/p99/max over
+//! `--runs` runs, Reef against BIRD (see bench/README.md).
+//!
+//! `cargo run --release -p reef-bench --bin convergence -- [--runs 100] [--daemons reef,bird]
+//! [--trigger withdraw|bfd] [--json]` (as root).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use reef_bench::convergence::{ConvergenceOptions, ConvergenceResult, Trigger, measure};
+use reef_bench::ingest::{INTERRUPTED, install_signal_handlers};
+use reef_bench::receivers::{BfdTimers, Daemon};
+use reef_bench::report::{fixed, machine, ratio, utc_now};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "Route removal latency after a withdraw or a BFD-detected link cut (needs root)")]
+struct Args {
+    /// Runs per daemon (one fresh prefix each).
+    #[arg(long, default_value_t = 100)]
+    runs: u32,
+    /// Daemons to measure, in this order (Reef and BIRD).
+    #[arg(long, value_delimiter = ',', default_value = "reef,bird")]
+    daemons: Vec<String>,
+    /// What takes the route away: `withdraw` (an UPDATE) or `bfd` (link cut, BFD detects it).
+    #[arg(long, default_value = "withdraw")]
+    trigger: Trigger,
+    /// BFD transmit and receive interval of both sides (`--trigger bfd`).
+    #[arg(long, default_value_t = 100)]
+    bfd_interval_ms: u64,
+    /// BFD detection multiplier of both sides.
+    #[arg(long, default_value_t = 3)]
+    bfd_multiplier: u8,
+    /// Pause between the route's installation and t0.
+    #[arg(long, default_value_t = 50)]
+    settle_ms: u64,
+    /// Bound on each wait for a kernel route to appear or go.
+    #[arg(long, default_value_t = 10)]
+    timeout_secs: u64,
+    /// Print the report as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// The reefd binary (default: next to this binary, i.e. target/release/reefd).
+    #[arg(long)]
+    reefd: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    machine: String,
+    trigger: Trigger,
+    bfd_interval_ms: Option<u64>,
+    bfd_multiplier: Option<u8>,
+    results: Vec<ConvergenceResult>,
+}
+
+impl Report {
+    fn table(&self) -> String {
+        let mut out = format!(
+            "convergence, trigger {}; {} ({})\n",
+            match (self.trigger, self.bfd_interval_ms, self.bfd_multiplier) {
+                (Trigger::Bfd, Some(ms), Some(mult)) => format!("bfd ({ms} ms x {mult})"),
+                _ => "withdraw".to_string(),
+            },
+            self.machine,
+            self.date
+        );
+        out.push_str(&format!(
+            "{:<7} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  note\n",
+            "daemon", "runs", "failed", "p50 ms", "p99 ms", "max ms", "p50/BIRD", "p99/BIRD"
+        ));
+        let bird = self.results.iter().find(|r| r.daemon == "bird");
+        for result in &self.results {
+            let note = match (&result.error, result.kernel_protocol) {
+                (Some(error), _) => format!("({error})"),
+                (None, Some(protocol)) => format!("kernel proto {protocol}"),
+                (None, None) => String::new(),
+            };
+            out.push_str(&format!(
+                "{:<7} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  {note}\n",
+                result.daemon,
+                result.samples_ms.len(),
+                result.failed_runs,
+                fixed(result.p50_ms, 2),
+                fixed(result.p99_ms, 2),
+                fixed(result.max_ms, 2),
+                fixed(ratio(result.p50_ms, bird.and_then(|b| b.p50_ms)), 2),
+                fixed(ratio(result.p99_ms, bird.and_then(|b| b.p99_ms)), 2),
+            ));
+        }
+        out
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !reef_lab::is_root() {
+        bail!("convergence needs root (network namespaces, veth links)");
+    }
+    let daemons = args
+        .daemons
+        .iter()
+        .map(|name| name.parse::<Daemon>())
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(other) = daemons
+        .iter()
+        .find(|d| !matches!(d, Daemon::Reef | Daemon::Bird))
+    {
+        bail!("convergence measures Reef and BIRD only, not {other}");
+    }
+    if args.runs == 0 || args.bfd_multiplier == 0 || args.bfd_interval_ms == 0 {
+        bail!("--runs, --bfd-interval-ms and --bfd-multiplier must be positive");
+    }
+    install_signal_handlers();
+    let reefd = match args.reefd {
+        Some(path) => path,
+        None => reef_lab::binary("reefd").unwrap_or_else(|_| PathBuf::from("reefd")),
+    };
+    let options = ConvergenceOptions {
+        runs: args.runs,
+        trigger: args.trigger,
+        bfd: BfdTimers {
+            interval: Duration::from_millis(args.bfd_interval_ms),
+            multiplier: args.bfd_multiplier,
+        },
+        settle: Duration::from_millis(args.settle_ms),
+        event_timeout: Duration::from_secs(args.timeout_secs),
+        start_timeout: Duration::from_secs(30),
+        reefd,
+    };
+    let mut results = Vec::new();
+    for daemon in daemons {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break;
+        }
+        eprintln!("{daemon}: {} runs, trigger {:?}", args.runs, args.trigger);
+        let result = measure(daemon, &options);
+        eprintln!(
+            "{daemon}: {} done, p50 {} ms, p99 {} ms{}",
+            result.samples_ms.len(),
+            fixed(result.p50_ms, 2),
+            fixed(result.p99_ms, 2),
+            result
+                .error
+                .as_deref()
+                .map(|error| format!(" (failed: {error})"))
+                .unwrap_or_default()
+        );
+        results.push(result);
+    }
+    let bfd = args.trigger == Trigger::Bfd;
+    let report = Report {
+        date: utc_now(),
+        machine: machine(),
+        trigger: args.trigger,
+        bfd_interval_ms: bfd.then_some(args.bfd_interval_ms),
+        bfd_multiplier: bfd.then_some(args.bfd_multiplier),
+        results,
+    };
+    if args.json {
+        eprint!("{}", report.table());
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        eprintln!("interrupted");
+        std::process::exit(130);
+    }
+    Ok(())
+}
