@@ -34,10 +34,10 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasherDefault;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::rib::RouteKeyHasher;
 use crate::wire::{Origin, PathAttributes};
@@ -560,12 +560,32 @@ enum Displaced {
 
 #[derive(Default, Debug)]
 struct Entry {
-    /// Invariant: `candidates[..selected]` is the current selection (best first, then multipath).
-    candidates: Vec<Candidate>,
-    selected: usize,
+    /// Invariant: `candidates[..selected]` is the current selection (best first, then multipath). A
+    /// boxed slice, exactly as long as needed: most prefixes have one or two paths.
+    candidates: Box<[Candidate]>,
+    /// At most [`MAX_PATHS_LIMIT`].
+    selected: u8,
 }
 
 impl Entry {
+    fn selected(&self) -> usize {
+        usize::from(self.selected)
+    }
+
+    fn push(&mut self, candidate: Candidate) {
+        let mut candidates = std::mem::take(&mut self.candidates).into_vec();
+        candidates.reserve_exact(1);
+        candidates.push(candidate);
+        self.candidates = candidates.into_boxed_slice();
+    }
+
+    fn remove(&mut self, i: usize) -> Candidate {
+        let mut candidates = std::mem::take(&mut self.candidates).into_vec();
+        let removed = candidates.remove(i);
+        self.candidates = candidates.into_boxed_slice();
+        removed
+    }
+
     /// The candidate at position `m` of the selection as it was before the operation.
     fn old_at<'a>(&'a self, m: usize, displaced: &'a Displaced) -> &'a Candidate {
         match displaced {
@@ -579,10 +599,85 @@ impl Entry {
     fn old_selection(&self, displaced: &Displaced) -> Option<Selected> {
         (self.selected > 0).then(|| Selected {
             best: self.old_at(0, displaced).clone(),
-            multipath: (1..self.selected)
+            multipath: (1..self.selected())
                 .map(|m| self.old_at(m, displaced).clone())
                 .collect(),
         })
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<RouteKeyHasher>>;
+
+/// Prefix → entry, with IPv4 keys packed in 8 octets (an `IpNet` key would take 24 of every bucket of a
+/// million-prefix table).
+#[derive(Default, Debug)]
+struct PrefixTable {
+    v4: FastMap<u64, Entry>,
+    v6: FastMap<[u8; 17], Entry>,
+}
+
+fn key_v4(net: &Ipv4Net) -> u64 {
+    (u64::from(u32::from(net.addr())) << 8) | u64::from(net.prefix_len())
+}
+
+fn key_v6(net: &Ipv6Net) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[..16].copy_from_slice(&net.addr().octets());
+    key[16] = net.prefix_len();
+    key
+}
+
+fn net_v4(key: u64) -> Option<IpNet> {
+    // Keys are built from valid nets by `key_v4`: the length is at most 32.
+    let addr = Ipv4Addr::from((key >> 8) as u32);
+    Ipv4Net::new(addr, (key & 0xff) as u8).ok().map(IpNet::V4)
+}
+
+fn net_v6(key: &[u8; 17]) -> Option<IpNet> {
+    let mut octets = [0u8; 16];
+    octets.copy_from_slice(&key[..16]);
+    Ipv6Net::new(Ipv6Addr::from(octets), key[16])
+        .ok()
+        .map(IpNet::V6)
+}
+
+impl PrefixTable {
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    fn get(&self, prefix: &IpNet) -> Option<&Entry> {
+        match prefix {
+            IpNet::V4(net) => self.v4.get(&key_v4(net)),
+            IpNet::V6(net) => self.v6.get(&key_v6(net)),
+        }
+    }
+
+    fn get_mut(&mut self, prefix: &IpNet) -> Option<&mut Entry> {
+        match prefix {
+            IpNet::V4(net) => self.v4.get_mut(&key_v4(net)),
+            IpNet::V6(net) => self.v6.get_mut(&key_v6(net)),
+        }
+    }
+
+    fn entry(&mut self, prefix: IpNet) -> &mut Entry {
+        match prefix {
+            IpNet::V4(net) => self.v4.entry(key_v4(&net)).or_default(),
+            IpNet::V6(net) => self.v6.entry(key_v6(&net)).or_default(),
+        }
+    }
+
+    fn remove(&mut self, prefix: &IpNet) {
+        match prefix {
+            IpNet::V4(net) => self.v4.remove(&key_v4(net)),
+            IpNet::V6(net) => self.v6.remove(&key_v6(net)),
+        };
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpNet, &Entry)> + '_ {
+        let v4 = self.v4.iter().filter_map(|(k, e)| Some((net_v4(*k)?, e)));
+        let v6 = self.v6.iter().filter_map(|(k, e)| Some((net_v6(k)?, e)));
+        v4.chain(v6)
     }
 }
 
@@ -591,7 +686,7 @@ impl Entry {
 pub struct LocRib {
     local_as: u32,
     max_paths: usize,
-    table: HashMap<IpNet, Entry, BuildHasherDefault<RouteKeyHasher>>,
+    table: PrefixTable,
 }
 
 impl LocRib {
@@ -605,7 +700,7 @@ impl LocRib {
         LocRib {
             local_as,
             max_paths: max_paths.clamp(1, MAX_PATHS_LIMIT),
-            table: HashMap::default(),
+            table: PrefixTable::default(),
         }
     }
 
@@ -619,12 +714,12 @@ impl LocRib {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.len() == 0
     }
 
     /// Adds `candidate` or replaces the path of the same peer. Returns the selection change, if any.
     pub fn insert(&mut self, prefix: IpNet, candidate: Candidate) -> Option<BestChange> {
-        let entry = self.table.entry(prefix).or_default();
+        let entry = self.table.entry(prefix);
         let position = entry
             .candidates
             .iter()
@@ -635,9 +730,7 @@ impl LocRib {
                 Displaced::Replaced(i, std::mem::replace(&mut entry.candidates[i], candidate))
             }
             None => {
-                // Most prefixes have one or two paths: grow one at a time, not to Vec's minimum of 4.
-                entry.candidates.reserve_exact(1);
-                entry.candidates.push(candidate);
+                entry.push(candidate);
                 Displaced::Nothing
             }
         };
@@ -651,7 +744,7 @@ impl LocRib {
             .candidates
             .iter()
             .position(|c| c.peer.address == peer)?;
-        let removed = entry.candidates.remove(i);
+        let removed = entry.remove(i);
         self.reselect(prefix, Displaced::Removed(i, removed))
     }
 
@@ -665,7 +758,7 @@ impl LocRib {
 
     /// Every prefix with at least one candidate, in no particular order.
     pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
-        self.table.keys().copied()
+        self.table.iter().map(|(prefix, _)| prefix)
     }
 
     /// Every prefix `peer` has a path for. Visits the whole table.
@@ -673,7 +766,7 @@ impl LocRib {
         self.table
             .iter()
             .filter(|(_, entry)| entry.candidates.iter().any(|c| c.peer.address == peer))
-            .map(|(prefix, _)| *prefix)
+            .map(|(prefix, _)| prefix)
             .collect()
     }
 
@@ -696,20 +789,20 @@ impl LocRib {
     /// The best path of `prefix`.
     pub fn best(&self, prefix: IpNet) -> Option<&Candidate> {
         let entry = self.table.get(&prefix)?;
-        entry.candidates[..entry.selected].first()
+        entry.candidates[..entry.selected()].first()
     }
 
     /// Every candidate of `prefix`, in no particular order after the selected ones.
     pub fn candidates(&self, prefix: IpNet) -> &[Candidate] {
         self.table
             .get(&prefix)
-            .map_or(&[], |entry| entry.candidates.as_slice())
+            .map_or(&[], |entry| &entry.candidates[..])
     }
 
     /// Every candidate of `prefix` ranked, with its role and the step that placed it (for the CLI).
     pub fn explain(&self, prefix: IpNet) -> Vec<Explained> {
         let cands = self.candidates(prefix);
-        let selected = self.table.get(&prefix).map_or(0, |entry| entry.selected);
+        let selected = self.table.get(&prefix).map_or(0, |entry| entry.selected());
         let eligible = |i: usize| cands[i].is_eligible(self.local_as);
         let mut ranked: Vec<usize> = Vec::with_capacity(cands.len());
         loop {
@@ -769,7 +862,7 @@ impl LocRib {
         let entry = self.table.get_mut(&prefix)?;
         let selection = select(&entry.candidates, self.local_as, self.max_paths);
         let new = selection.as_slice();
-        let changed = new.len() != entry.selected
+        let changed = new.len() != entry.selected()
             || new
                 .iter()
                 .enumerate()
@@ -795,7 +888,8 @@ impl LocRib {
                 }
             }
         }
-        entry.selected = selection.len;
+        // `select` returns at most `max_paths` <= MAX_PATHS_LIMIT (64) paths.
+        entry.selected = u8::try_from(selection.len).unwrap_or(u8::MAX);
         if entry.candidates.is_empty() {
             self.table.remove(&prefix);
         }

@@ -437,7 +437,8 @@ impl Routing {
                             };
                             let mut candidate = Candidate::shared(info.clone(), attrs);
                             candidate.next_hop = path.next_hop;
-                            candidate.next_hop_reachable = path.next_hop.is_some_and(usable_next_hop);
+                            candidate.next_hop_reachable =
+                                path.next_hop.is_some_and(usable_next_hop);
                             candidate.own_as_allowed = peer.routing.allow_own_as;
                             Some(candidate)
                         }
