@@ -77,19 +77,33 @@ pub struct PeerInfo {
     pub kind: PeerKind,
 }
 
-/// One path for a prefix, as offered to the decision process.
+/// A path's attributes with the address its packets are sent to (NEXT_HOP or the MP_REACH next hop;
+/// `None` for locally originated paths). Shared by every prefix of one received attribute set; reads
+/// as its [`PathAttributes`].
+#[derive(Clone, Default, PartialEq, Eq, Hash, Debug)]
+pub struct RoutePath {
+    pub attrs: PathAttributes,
+    pub next_hop: Option<IpAddr>,
+}
+
+impl std::ops::Deref for RoutePath {
+    type Target = PathAttributes;
+    fn deref(&self) -> &PathAttributes {
+        &self.attrs
+    }
+}
+
+/// One path for a prefix, as offered to the decision process. 24 octets: a full table holds one per
+/// prefix and peer.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Candidate {
     /// Shared by every path of the session (a full table holds a million candidates).
     pub peer: Arc<PeerInfo>,
-    pub attrs: Arc<PathAttributes>,
+    pub path: Arc<RoutePath>,
     /// IGP cost to the next hop (0 when there is no IGP, as on a Reef node).
     pub igp_cost: u32,
     /// False when the next hop cannot be resolved: the path is then never selected.
     pub next_hop_reachable: bool,
-    /// The address packets for the prefix are sent to (NEXT_HOP or the MP_REACH next hop); `None` for
-    /// locally originated paths.
-    pub next_hop: Option<IpAddr>,
     /// How many times our AS may appear in the AS_PATH (the peer's `numAllowedLocalASNumbers`).
     pub own_as_allowed: u8,
     /// Graceful restart: the peer's session went down and this path is kept until the peer's
@@ -99,64 +113,57 @@ pub struct Candidate {
 
 impl Candidate {
     /// A path with a reachable next hop at IGP cost 0.
-    pub fn new(peer: PeerInfo, attrs: Arc<PathAttributes>) -> Candidate {
-        Candidate::shared(Arc::new(peer), attrs)
+    pub fn new(peer: PeerInfo, attrs: PathAttributes) -> Candidate {
+        Candidate::shared(
+            Arc::new(peer),
+            Arc::new(RoutePath {
+                attrs,
+                next_hop: None,
+            }),
+        )
     }
 
     /// A path with a reachable next hop at IGP cost 0, from a peer whose info the caller shares.
-    pub fn shared(peer: Arc<PeerInfo>, attrs: Arc<PathAttributes>) -> Candidate {
+    pub fn shared(peer: Arc<PeerInfo>, path: Arc<RoutePath>) -> Candidate {
         Candidate {
             peer,
-            attrs,
+            path,
             igp_cost: 0,
             next_hop_reachable: true,
-            next_hop: None,
             own_as_allowed: 0,
             stale: false,
         }
     }
 
-    /// The same path with its next hop.
-    pub fn with_next_hop(mut self, next_hop: IpAddr) -> Candidate {
-        self.next_hop = Some(next_hop);
-        self
-    }
-
     fn local_pref(&self) -> u32 {
-        self.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
+        self.path.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
     }
 
     fn as_path_len(&self) -> usize {
-        self.attrs
-            .as_path
-            .as_ref()
-            .map_or(0, |path| path.path_len())
+        self.path.as_path.as_ref().map_or(0, |path| path.path_len())
     }
 
     fn origin(&self) -> Origin {
         // A path without ORIGIN is malformed (RFC 7606 treat-as-withdraw); rank it last if one slips in.
-        self.attrs.origin.unwrap_or(Origin::Incomplete)
+        self.path.origin.unwrap_or(Origin::Incomplete)
     }
 
     fn med(&self) -> u32 {
-        self.attrs.med.unwrap_or(0)
+        self.path.med.unwrap_or(0)
     }
 
     /// The neighbouring AS for the MED comparison: the first AS of the path.
     pub fn neighbour_as(&self) -> Option<u32> {
-        self.attrs
-            .as_path
-            .as_ref()
-            .and_then(|path| path.first_asn())
+        self.path.as_path.as_ref().and_then(|path| path.first_asn())
     }
 
     /// RFC 4456 §9: "a route reflector ... SHOULD treat the ORIGINATOR_ID as the BGP Identifier".
     fn router_id(&self) -> Ipv4Addr {
-        self.attrs.originator_id.unwrap_or(self.peer.router_id)
+        self.path.originator_id.unwrap_or(self.peer.router_id)
     }
 
     fn is_eligible(&self, local_as: u32) -> bool {
-        let own = self.attrs.as_path.as_ref().map_or(0, |path| {
+        let own = self.path.as_path.as_ref().map_or(0, |path| {
             path.segments
                 .iter()
                 .flat_map(|segment| &segment.asns)
@@ -352,8 +359,8 @@ pub fn compare(a: &Candidate, b: &Candidate) -> (Ordering, Reason) {
     })
     .or_else(|| {
         prefer_lower(
-            a.attrs.cluster_list.len(),
-            b.attrs.cluster_list.len(),
+            a.path.cluster_list.len(),
+            b.path.cluster_list.len(),
             |winner, loser| Reason::ClusterListLength { winner, loser },
         )
     })
@@ -900,6 +907,12 @@ impl LocRib {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidate_stays_small() {
+        // One per prefix and peer: 1M prefixes from 2 peers hold 2M of them.
+        assert_eq!(std::mem::size_of::<Candidate>(), 24);
+    }
     use crate::wire::{AsPath, AsSegment, SegmentType};
     use proptest::prelude::*;
 
@@ -931,7 +944,7 @@ mod tests {
     }
 
     fn cand(n: u8, kind: PeerKind, attrs: PathAttributes) -> Candidate {
-        Candidate::new(peer(n, kind), Arc::new(attrs))
+        Candidate::new(peer(n, kind), attrs)
     }
 
     fn assert_step(better: &Candidate, worse: &Candidate, reason: Reason) {

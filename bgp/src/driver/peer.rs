@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::status::{PeerStatus, rfc3339};
 use super::{PeerConfig, SpeakerConfig, SpeakerError, lock, release_free_memory, socket};
-use crate::decision::{PeerInfo, PeerKind};
+use crate::decision::{PeerInfo, PeerKind, RoutePath};
 use crate::fsm::{
     ConnId, DownReason, Input, NegotiatedSession, Output, Session, SessionConfig, State, Timer,
 };
@@ -29,8 +29,8 @@ use crate::rib::{AdjRibIn, AttributeSet, RibChange};
 use crate::routing::{self, OutChange, OutPath, PeerRouting, ReceivedPath, SessionInfo};
 use crate::wire::{
     AfiSafi, AfiSafiSet, CodecContext, GracefulRestart, GracefulRestartFamily, Message,
-    MessageError, NextHop, Nlri, PathAttributes, RouteRefresh, RouteRefreshSubtype, Update,
-    decode_bytes, message_length,
+    MessageError, NextHop, Nlri, RouteRefresh, RouteRefreshSubtype, Update, decode_bytes,
+    message_length,
 };
 
 /// Connect attempts without an answer before the status blames the path or the MD5 key.
@@ -571,7 +571,7 @@ impl PeerTask {
         let count = rib.len();
         drop(rib);
         // Each attribute set is decoded once per batch; its routes share the result.
-        let mut decoded: HashMap<*const AttributeSet, Arc<PathAttributes>> = HashMap::new();
+        let mut decoded: HashMap<*const AttributeSet, ReceivedPath> = HashMap::new();
         let mut batch: Vec<(IpNet, Option<ReceivedPath>)> = Vec::with_capacity(changes.len());
         let mut eor = end_of_rib.into_iter().peekable();
         for (i, change) in changes.into_iter().enumerate() {
@@ -580,14 +580,15 @@ impl PeerTask {
                 self.route(routing::Input::EndOfRib { address, family });
             }
             let path = change.attributes.map(|set| {
-                let attrs = decoded
+                decoded
                     .entry(Arc::as_ptr(&set))
-                    .or_insert_with(|| Arc::new(set.decode(&ctx)))
-                    .clone();
-                ReceivedPath {
-                    attrs,
-                    next_hop: set_next_hop(&set),
-                }
+                    .or_insert_with(|| {
+                        Arc::new(RoutePath {
+                            attrs: set.decode(&ctx),
+                            next_hop: set_next_hop(&set),
+                        })
+                    })
+                    .clone()
             });
             batch.push((change.prefix, path));
         }
@@ -661,13 +662,20 @@ impl PeerTask {
         let adj_rib_in: Vec<(IpNet, ReceivedPath)> = {
             let mut rib = lock(&self.shared.rib);
             rib.set_allowed_own_as(routing.allow_own_as);
+            // Routes of one attribute set share one path.
+            let mut paths: HashMap<*const AttributeSet, ReceivedPath> = HashMap::new();
             rib.routes()
                 .into_iter()
                 .map(|route| {
-                    let path = ReceivedPath {
-                        next_hop: set_next_hop(&route.attributes),
-                        attrs: route.attrs,
-                    };
+                    let path = paths
+                        .entry(Arc::as_ptr(&route.attributes))
+                        .or_insert_with(|| {
+                            Arc::new(RoutePath {
+                                attrs: (*route.attrs).clone(),
+                                next_hop: set_next_hop(&route.attributes),
+                            })
+                        })
+                        .clone();
                     (route.prefix, path)
                 })
                 .collect()

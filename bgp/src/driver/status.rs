@@ -117,7 +117,7 @@ pub struct RibPathView {
 impl RibPathView {
     pub fn new(explained: &Explained) -> RibPathView {
         let c = &explained.candidate;
-        let attrs = &c.attrs;
+        let attrs = &c.path.attrs;
         RibPathView {
             rank: explained.rank,
             peer: (c.peer.kind != PeerKind::Local).then_some(c.peer.address),
@@ -134,7 +134,7 @@ impl RibPathView {
             },
             reason: explained.reason.map(|r| r.to_string()),
             against: explained.against,
-            next_hop: c.next_hop,
+            next_hop: c.path.next_hop,
             as_path: as_path_text(attrs),
             origin: origin_name(attrs),
             local_pref: attrs.local_pref,
@@ -167,14 +167,14 @@ pub struct LocRibRouteView {
 impl LocRibRouteView {
     pub fn new(prefix: IpNet, selected: &Selected, paths: usize) -> LocRibRouteView {
         let best = &selected.best;
-        let mut next_hops: Vec<IpAddr> = selected.paths().filter_map(|c| c.next_hop).collect();
+        let mut next_hops: Vec<IpAddr> = selected.paths().filter_map(|c| c.path.next_hop).collect();
         next_hops.dedup();
         LocRibRouteView {
             prefix,
             peer: (best.peer.kind != PeerKind::Local).then_some(best.peer.address),
             next_hops,
-            as_path: as_path_text(&best.attrs),
-            local_pref: best.attrs.local_pref,
+            as_path: as_path_text(&best.path.attrs),
+            local_pref: best.path.local_pref,
             paths,
             stale: best.stale,
         }

@@ -33,7 +33,8 @@ use ipnet::IpNet;
 use tracing::{debug, info};
 
 use crate::decision::{
-    BestChange, Candidate, DEFAULT_LOCAL_PREF, Explained, LocRib, PeerInfo, PeerKind, Selected,
+    BestChange, Candidate, DEFAULT_LOCAL_PREF, Explained, LocRib, PeerInfo, PeerKind, RoutePath,
+    Selected,
 };
 use crate::fsm::ConnId;
 use crate::policy::{Policy, Verdict};
@@ -79,12 +80,9 @@ pub struct SessionInfo {
     pub peer_graceful_restart: Option<GracefulRestart>,
 }
 
-/// A path as received (after the Adj-RIB-In, before import policy).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReceivedPath {
-    pub attrs: Arc<PathAttributes>,
-    pub next_hop: Option<IpAddr>,
-}
+/// A path as received (after the Adj-RIB-In, before import policy), shared by the prefixes of one
+/// attribute set.
+pub type ReceivedPath = Arc<RoutePath>;
 
 /// A path as sent to one peer: its attributes and next hop.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -203,7 +201,7 @@ pub struct Routing {
     router_id: Ipv4Addr,
     loc_rib: LocRib,
     peers: BTreeMap<IpAddr, Peer>,
-    local_attrs: Arc<PathAttributes>,
+    local_path: Arc<RoutePath>,
     local_peer: Arc<PeerInfo>,
     fib_synced: bool,
     outputs: Vec<Output>,
@@ -240,7 +238,7 @@ fn fib_next_hops(selected: Option<&Selected>) -> Vec<IpAddr> {
     let mut hops: Vec<IpAddr> = selected
         .paths()
         .filter(|c| c.peer.kind != PeerKind::Local)
-        .filter_map(|c| c.next_hop)
+        .filter_map(|c| c.path.next_hop)
         .collect();
     hops.sort_unstable();
     hops.dedup();
@@ -254,10 +252,13 @@ impl Routing {
             config,
             router_id,
             peers: BTreeMap::new(),
-            local_attrs: Arc::new(PathAttributes {
-                origin: Some(Origin::Igp),
-                as_path: Some(AsPath::default()),
-                ..PathAttributes::default()
+            local_path: Arc::new(RoutePath {
+                attrs: PathAttributes {
+                    origin: Some(Origin::Igp),
+                    as_path: Some(AsPath::default()),
+                    ..PathAttributes::default()
+                },
+                next_hop: None,
             }),
             local_peer: Arc::new(PeerInfo {
                 address: LOCAL_PEER,
@@ -347,8 +348,7 @@ impl Routing {
             Input::EndOfRib { address, family } => self.end_of_rib(address, family),
             Input::RefreshRequested { address, family } => self.refresh(address, family),
             Input::Originate(prefix) => {
-                let candidate =
-                    Candidate::shared(self.local_peer.clone(), self.local_attrs.clone());
+                let candidate = Candidate::shared(self.local_peer.clone(), self.local_path.clone());
                 let change = self.loc_rib.insert(prefix.trunc(), candidate);
                 self.best_changed(change);
             }
@@ -431,14 +431,13 @@ impl Routing {
                             None
                         }
                         Verdict::Accept { attrs, .. } => {
-                            let attrs = match attrs {
-                                Cow::Borrowed(_) => path.attrs.clone(),
-                                Cow::Owned(changed) => Arc::new(changed),
+                            let next_hop = path.next_hop;
+                            let path = match attrs {
+                                Cow::Borrowed(_) => path.clone(),
+                                Cow::Owned(attrs) => Arc::new(RoutePath { attrs, next_hop }),
                             };
-                            let mut candidate = Candidate::shared(info.clone(), attrs);
-                            candidate.next_hop = path.next_hop;
-                            candidate.next_hop_reachable =
-                                path.next_hop.is_some_and(usable_next_hop);
+                            let mut candidate = Candidate::shared(info.clone(), path);
+                            candidate.next_hop_reachable = next_hop.is_some_and(usable_next_hop);
                             candidate.own_as_allowed = peer.routing.allow_own_as;
                             Some(candidate)
                         }
@@ -522,7 +521,7 @@ impl Routing {
             return None;
         }
         let to_ibgp = !peer.ebgp;
-        let communities = &best.attrs.communities;
+        let communities = &best.path.communities;
         if communities.contains(&Community::NO_ADVERTISE)
             || (!to_ibgp && communities.contains(&Community::NO_EXPORT))
         {
@@ -543,7 +542,7 @@ impl Routing {
             reflected = true;
         }
         // The export chain sees the path as selected (before our own AS is prepended, like BIRD).
-        let mut attrs = match peer.export.evaluate(prefix, &best.attrs) {
+        let mut attrs = match peer.export.evaluate(prefix, &best.path.attrs) {
             Verdict::Reject { .. } => return None,
             Verdict::Accept { attrs, .. } => attrs.into_owned(),
         };
@@ -587,6 +586,7 @@ impl Routing {
             IpNet::V6(_) => session.next_hop_v6.map(IpAddr::V6),
         };
         let kept = best
+            .path
             .next_hop
             .filter(|hop| hop.is_ipv4() == matches!(prefix, IpNet::V4(_)));
         let keep = match peer.routing.next_hop_mode {

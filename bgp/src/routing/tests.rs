@@ -44,14 +44,14 @@ fn session(n: u8, remote_as: u32, gr: Option<GracefulRestart>) -> SessionInfo {
 }
 
 fn path(asns: &[u32], next_hop: u8) -> ReceivedPath {
-    ReceivedPath {
-        attrs: Arc::new(PathAttributes {
+    Arc::new(RoutePath {
+        attrs: PathAttributes {
             origin: Some(Origin::Igp),
             as_path: Some(AsPath::from_sequence(asns.to_vec())),
             ..PathAttributes::default()
-        }),
+        },
         next_hop: Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, next_hop))),
-    }
+    })
 }
 
 struct Lab {
@@ -135,8 +135,8 @@ fn ibgp_split_horizon_and_ebgp_export_rewrites() {
         lab.up(n, asn);
     }
     let mut learned = path(&[65010], 2);
-    Arc::make_mut(&mut learned.attrs).med = Some(50);
-    Arc::make_mut(&mut learned.attrs).local_pref = Some(200);
+    Arc::make_mut(&mut learned).attrs.med = Some(50);
+    Arc::make_mut(&mut learned).attrs.local_pref = Some(200);
     let out = lab.announce(2, "10.1.0.0/24", learned).to_vec();
     assert!(sent(&out, 2).is_empty(), "never back to the source");
     assert!(sent(&out, 3).is_empty(), "iBGP → iBGP needs a reflector");
@@ -207,12 +207,12 @@ fn reflector_sets_originator_and_cluster_list_and_keeps_next_hop() {
     assert!(sent(&out, 5).is_empty());
     // A path that carries our CLUSTER_ID, or a reflected copy of our own, is a loop.
     let mut looped = path(&[], 3);
-    Arc::make_mut(&mut looped.attrs).cluster_list = vec![Ipv4Addr::new(1, 1, 1, 1), CLUSTER];
+    Arc::make_mut(&mut looped).attrs.cluster_list = vec![Ipv4Addr::new(1, 1, 1, 1), CLUSTER];
     let out = lab.announce(3, "10.9.0.0/24", looped).to_vec();
     assert!(fib(&out).is_empty());
     assert!(lab.routing.explain(net("10.9.0.0/24")).is_empty());
     let mut own = path(&[], 3);
-    Arc::make_mut(&mut own.attrs).originator_id = Some(ROUTER_ID);
+    Arc::make_mut(&mut own).attrs.originator_id = Some(ROUTER_ID);
     lab.announce(3, "10.8.0.0/24", own);
     assert!(lab.routing.explain(net("10.8.0.0/24")).is_empty());
 }
