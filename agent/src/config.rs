@@ -10,7 +10,9 @@ use anyhow::{Context, bail};
 use ipnet::IpNet;
 use reef_bgp::driver::{PeerConfig, SpeakerConfig};
 use reef_bgp::policy::MaxPrefix;
-use reef_bgp::routing::{GracefulRestartConfig, NextHopMode, PeerRouting, RoutingConfig};
+use reef_bgp::routing::{
+    DEFAULT_SELECTION_DEFERRAL, GracefulRestartConfig, NextHopMode, PeerRouting, RoutingConfig,
+};
 use reef_crds::Validate;
 use reef_crds::bgp::{BGPFilter, BGPFilterRule, BGPFilterSpec, BfdConfig};
 use serde::Deserialize;
@@ -367,13 +369,20 @@ impl Config {
     }
 
     /// Speaker-wide routing settings. `restarting`: the kernel still holds our routes of a previous
-    /// run (found by the FIB programmer before the speaker starts).
+    /// run (found by the FIB programmer before the speaker starts): they stay until the peers' End-of-RIB
+    /// (at most the selection deferral time), with or without graceful restart.
     pub fn routing(&self, restarting: bool) -> RoutingConfig {
+        let deferral = self
+            .graceful_restart
+            .as_ref()
+            .and_then(|gr| gr.selection_deferral_time)
+            .map_or(DEFAULT_SELECTION_DEFERRAL, Duration::from_secs);
         RoutingConfig {
             cluster_id: self.route_reflector_cluster_id,
             max_paths: self.max_paths.unwrap_or(DEFAULT_MAX_PATHS),
             protected: self.protected_prefixes.clone(),
             fib: self.fib.is_some(),
+            fib_sync_deferral: restarting.then_some(deferral),
             graceful_restart: self.graceful_restart.as_ref().map(|gr| {
                 let default = GracefulRestartConfig::default();
                 GracefulRestartConfig {
@@ -384,9 +393,6 @@ impl Config {
                     stale_routes_time: gr
                         .stale_routes_time
                         .map_or(default.stale_routes_time, Duration::from_secs),
-                    selection_deferral: gr
-                        .selection_deferral_time
-                        .map_or(default.selection_deferral, Duration::from_secs),
                     restarting,
                 }
             }),
@@ -658,7 +664,6 @@ peers:
             Some(GracefulRestartConfig {
                 restart_time: 90,
                 stale_routes_time: Duration::from_secs(300),
-                selection_deferral: Duration::from_secs(20),
                 restarting: true,
             })
         );

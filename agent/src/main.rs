@@ -57,7 +57,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli);
     let mut config = config::Config::load(&cli.config)?;
-    let graceful_restart = config.graceful_restart.is_some();
 
     // The kernel table is read before the speaker starts: Reef routes left there by a previous run
     // make this start a graceful restart (they stay until the Loc-RIB has converged).
@@ -73,11 +72,11 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let left_over = fib.as_ref().map_or(0, fib::Fib::installed_routes);
-    let restarting = graceful_restart && left_over > 0;
+    let restarting = left_over > 0;
     if restarting {
         info!(
             routes = left_over,
-            "Reef routes found in the kernel: restarting gracefully"
+            "Reef routes found in the kernel: they stay until every peer's End-of-RIB"
         );
     }
 
@@ -135,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     bfd.stop().await;
+    let graceful_restart = config.graceful_restart.is_some();
     if graceful_restart {
         // Sessions closed without NOTIFICATION: peers keep our routes (and we keep theirs in the
         // kernel) for the restart time.

@@ -19,10 +19,10 @@ fn gr(restarting: bool) -> RoutingConfig {
         graceful_restart: Some(GracefulRestartConfig {
             restart_time: 30,
             stale_routes_time: Duration::from_secs(30),
-            selection_deferral: Duration::from_secs(30),
             restarting,
         }),
         fib: true,
+        fib_sync_deferral: restarting.then_some(Duration::from_secs(30)),
         ..RoutingConfig::default()
     }
 }

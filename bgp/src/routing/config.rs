@@ -24,6 +24,10 @@ pub struct RoutingConfig {
     pub graceful_restart: Option<GracefulRestartConfig>,
     /// Produce [`super::FibUpdate`]s for a kernel route programmer (`Speaker::take_fib_updates`).
     pub fib: bool,
+    /// Set when the kernel still holds Reef routes of a previous run: the FIB sync (which removes the
+    /// routes the new Loc-RIB does not have) waits for every peer's End-of-RIB, at most this long, so
+    /// a restart never flushes forwarding state (RFC 4724 §4.1 selection deferral, with or without GR).
+    pub fib_sync_deferral: Option<Duration>,
 }
 
 impl Default for RoutingConfig {
@@ -34,6 +38,7 @@ impl Default for RoutingConfig {
             protected: Vec::new(),
             graceful_restart: None,
             fib: false,
+            fib_sync_deferral: None,
         }
     }
 }
@@ -46,20 +51,20 @@ pub struct GracefulRestartConfig {
     pub restart_time: u16,
     /// Helper role: how long a restarted peer's stale routes are kept while waiting for its End-of-RIB.
     pub stale_routes_time: Duration,
-    /// Restarting role: how long to wait for the peers' End-of-RIB before the first full FIB sync
-    /// (which removes kernel routes the new RIB no longer has).
-    pub selection_deferral: Duration,
     /// This start is a restart: the kernel still holds routes of the previous run (the agent sees them).
-    /// Sets the Restart State bit and defers the FIB sync.
+    /// Sets the Restart State bit of the first session's OPEN.
     pub restarting: bool,
 }
+
+/// Default upper bound of the wait for the peers' End-of-RIB after a restart (BIRD and FRR use 120 s
+/// and 360 s; a Reef node has few peers and short tables).
+pub const DEFAULT_SELECTION_DEFERRAL: Duration = Duration::from_secs(30);
 
 impl Default for GracefulRestartConfig {
     fn default() -> Self {
         GracefulRestartConfig {
             restart_time: 120,
             stale_routes_time: Duration::from_secs(360),
-            selection_deferral: Duration::from_secs(30),
             restarting: false,
         }
     }

@@ -21,7 +21,9 @@
 
 mod config;
 
-pub use config::{GracefulRestartConfig, NextHopMode, PeerRouting, RoutingConfig};
+pub use config::{
+    DEFAULT_SELECTION_DEFERRAL, GracefulRestartConfig, NextHopMode, PeerRouting, RoutingConfig,
+};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -275,15 +277,16 @@ impl Routing {
 
     /// The first outputs: the FIB sync at once, or the selection deferral timer when restarting.
     pub fn start(&mut self) -> Vec<Output> {
-        match &self.config.graceful_restart {
-            Some(gr) if gr.restarting => {
-                info!(deferral = ?gr.selection_deferral, "graceful restart: FIB sync waits for the peers' End-of-RIB");
-                self.outputs.push(Output::StartTimer(
-                    Timer::SelectionDeferral,
-                    gr.selection_deferral,
-                ));
+        match self.config.fib_sync_deferral {
+            Some(deferral) => {
+                info!(
+                    ?deferral,
+                    "kernel routes of a previous run: the FIB sync waits for the peers' End-of-RIB"
+                );
+                self.outputs
+                    .push(Output::StartTimer(Timer::SelectionDeferral, deferral));
             }
-            _ => self.sync_fib(),
+            None => self.sync_fib(),
         }
         std::mem::take(&mut self.outputs)
     }
@@ -372,7 +375,7 @@ impl Routing {
             }
             Input::TimerExpired(Timer::SelectionDeferral) => {
                 if !self.fib_synced {
-                    info!("graceful restart: selection deferral time over; syncing the FIB");
+                    info!("selection deferral time over; syncing the FIB");
                     self.sync_fib();
                 }
             }
@@ -400,7 +403,7 @@ impl Routing {
                 .is_some_and(|s| s.families.iter().all(|f| peer.end_of_rib.contains(f)))
         });
         if converged {
-            info!("graceful restart: End-of-RIB from every peer; syncing the FIB");
+            info!("End-of-RIB from every peer; syncing the FIB");
             self.sync_fib();
         }
     }

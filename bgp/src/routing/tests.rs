@@ -413,10 +413,7 @@ fn graceful_restart_helper_drops_paths_without_forwarding_state_or_after_a_notif
 #[test]
 fn restarting_speaker_syncs_the_fib_after_every_end_of_rib() {
     let mut lab = Lab::new(RoutingConfig {
-        graceful_restart: Some(GracefulRestartConfig {
-            restarting: true,
-            ..GracefulRestartConfig::default()
-        }),
+        fib_sync_deferral: Some(Duration::from_secs(30)),
         ..RoutingConfig::default()
     });
     assert!(!lab.out.contains(&Output::FibSynced));
