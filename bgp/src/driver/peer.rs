@@ -758,7 +758,11 @@ impl PeerTask {
             },
             next_hop_v6: Some(match (self.config.next_hop_v6, local_ip) {
                 (Some(v6), _) | (None, IpAddr::V6(v6)) => v6,
-                (None, IpAddr::V4(v4)) => v4.to_ipv6_mapped(),
+                // IPv6 routes over an IPv4 session: the interface's global IPv6 address, else the
+                // IPv4-mapped address (which receivers treat as unusable).
+                (None, IpAddr::V4(v4)) => {
+                    socket::global_ipv6_beside(v4).unwrap_or_else(|| v4.to_ipv6_mapped())
+                }
             }),
             peer_graceful_restart: negotiated.peer_open.graceful_restart().cloned(),
         };

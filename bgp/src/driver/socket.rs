@@ -258,3 +258,52 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+/// A global IPv6 address on the interface that holds `local` (an IPv4 session's local address), to use
+/// as the next hop of IPv6 routes sent over that session: an IPv4-mapped next hop is unusable (BIRD
+/// ignores such routes, the kernel refuses them). Link-local and loopback addresses are skipped; the
+/// lowest address wins so that the choice is stable.
+pub fn global_ipv6_beside(local: std::net::Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut v4_interfaces: Vec<Vec<u8>> = Vec::new();
+    let mut v6: Vec<(Vec<u8>, std::net::Ipv6Addr)> = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not freed yet.
+        let ifa = unsafe { &*entry };
+        entry = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated interface name owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_bytes()
+            .to_vec();
+        // SAFETY: ifa_addr is non-null and starts with a sockaddr whose family tells its real type.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if family == libc::AF_INET {
+            // SAFETY: AF_INET addresses are sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            if std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == local {
+                v4_interfaces.push(name);
+            }
+        } else if family == libc::AF_INET6 {
+            // SAFETY: AF_INET6 addresses are sockaddr_in6.
+            let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+            let addr = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            if !addr.is_loopback() && !addr.is_unicast_link_local() && !addr.is_unspecified() {
+                v6.push((name, addr));
+            }
+        }
+    }
+    // SAFETY: `list` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    v6.into_iter()
+        .filter(|(name, _)| v4_interfaces.contains(name))
+        .map(|(_, addr)| addr)
+        .min()
+}
