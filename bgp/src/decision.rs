@@ -565,48 +565,93 @@ enum Displaced {
     Removed(usize, Candidate),
 }
 
-#[derive(Default, Debug)]
-struct Entry {
-    /// Invariant: `candidates[..selected]` is the current selection (best first, then multipath). A
-    /// boxed slice, exactly as long as needed: most prefixes have one or two paths.
-    candidates: Box<[Candidate]>,
-    /// At most [`MAX_PATHS_LIMIT`].
-    selected: u8,
+/// The paths of one prefix. Invariant: the first `selected` candidates are the current selection (best
+/// first, then multipath).
+#[derive(Debug)]
+enum Entry {
+    /// The common case, stored inline (no allocation): one path, selected when eligible.
+    One(Candidate),
+    /// Several paths in a slice exactly as long as needed. The size of the selection is not stored (a
+    /// count would not fit beside the inline path without growing every entry by a word): `select`
+    /// recomputes it from the few paths.
+    Many(Box<[Candidate]>),
+}
+
+impl Default for Entry {
+    fn default() -> Entry {
+        Entry::Many(Box::default())
+    }
 }
 
 impl Entry {
-    fn selected(&self) -> usize {
-        usize::from(self.selected)
+    fn candidates(&self) -> &[Candidate] {
+        match self {
+            Entry::One(candidate) => std::slice::from_ref(candidate),
+            Entry::Many(candidates) => candidates,
+        }
+    }
+
+    fn candidates_mut(&mut self) -> &mut [Candidate] {
+        match self {
+            Entry::One(candidate) => std::slice::from_mut(candidate),
+            Entry::Many(candidates) => candidates,
+        }
+    }
+
+    /// Size of the current selection (the candidates are kept with the selection in front).
+    fn selected(&self, local_as: u32, max_paths: usize) -> usize {
+        match self {
+            Entry::One(candidate) => usize::from(candidate.is_eligible(local_as)),
+            Entry::Many(candidates) => select(candidates, local_as, max_paths).len,
+        }
+    }
+
+    fn into_vec(self) -> Vec<Candidate> {
+        match self {
+            Entry::One(candidate) => vec![candidate],
+            Entry::Many(candidates) => candidates.into_vec(),
+        }
     }
 
     fn push(&mut self, candidate: Candidate) {
-        let mut candidates = std::mem::take(&mut self.candidates).into_vec();
+        let mut candidates = std::mem::take(self).into_vec();
         candidates.reserve_exact(1);
         candidates.push(candidate);
-        self.candidates = candidates.into_boxed_slice();
+        *self = Entry::Many(candidates.into_boxed_slice());
     }
 
     fn remove(&mut self, i: usize) -> Candidate {
-        let mut candidates = std::mem::take(&mut self.candidates).into_vec();
+        let mut candidates = std::mem::take(self).into_vec();
         let removed = candidates.remove(i);
-        self.candidates = candidates.into_boxed_slice();
+        *self = Entry::Many(candidates.into_boxed_slice());
         removed
+    }
+
+    /// Goes back to the inline form when a single path is left.
+    fn normalize(&mut self) {
+        if matches!(self, Entry::Many(candidates) if candidates.len() == 1)
+            && let Some(candidate) = std::mem::take(self).into_vec().pop()
+        {
+            *self = Entry::One(candidate);
+        }
     }
 
     /// The candidate at position `m` of the selection as it was before the operation.
     fn old_at<'a>(&'a self, m: usize, displaced: &'a Displaced) -> &'a Candidate {
+        let candidates = self.candidates();
         match displaced {
             Displaced::Replaced(i, old) if *i == m => old,
             Displaced::Removed(i, old) if *i == m => old,
-            Displaced::Removed(i, _) if *i < m => &self.candidates[m - 1],
-            _ => &self.candidates[m],
+            Displaced::Removed(i, _) if *i < m => &candidates[m - 1],
+            _ => &candidates[m],
         }
     }
 
-    fn old_selection(&self, displaced: &Displaced) -> Option<Selected> {
-        (self.selected > 0).then(|| Selected {
+    /// The selection before the operation, which had `selected` paths.
+    fn old_selection(&self, displaced: &Displaced, selected: usize) -> Option<Selected> {
+        (selected > 0).then(|| Selected {
             best: self.old_at(0, displaced).clone(),
-            multipath: (1..self.selected())
+            multipath: (1..selected)
                 .map(|m| self.old_at(m, displaced).clone())
                 .collect(),
         })
@@ -726,33 +771,38 @@ impl LocRib {
 
     /// Adds `candidate` or replaces the path of the same peer. Returns the selection change, if any.
     pub fn insert(&mut self, prefix: IpNet, candidate: Candidate) -> Option<BestChange> {
+        let (local_as, max_paths) = (self.local_as, self.max_paths);
         let entry = self.table.entry(prefix);
         let position = entry
-            .candidates
+            .candidates()
             .iter()
             .position(|c| c.peer.address == candidate.peer.address);
+        let old_selected = entry.selected(local_as, max_paths);
         let displaced = match position {
-            Some(i) if entry.candidates[i] == candidate => return None,
-            Some(i) => {
-                Displaced::Replaced(i, std::mem::replace(&mut entry.candidates[i], candidate))
-            }
+            Some(i) if entry.candidates()[i] == candidate => return None,
+            Some(i) => Displaced::Replaced(
+                i,
+                std::mem::replace(&mut entry.candidates_mut()[i], candidate),
+            ),
             None => {
                 entry.push(candidate);
                 Displaced::Nothing
             }
         };
-        self.reselect(prefix, displaced)
+        self.reselect(prefix, displaced, old_selected)
     }
 
     /// Removes the path of `peer`. Returns the selection change, if any.
     pub fn remove(&mut self, prefix: IpNet, peer: IpAddr) -> Option<BestChange> {
+        let (local_as, max_paths) = (self.local_as, self.max_paths);
         let entry = self.table.get_mut(&prefix)?;
         let i = entry
-            .candidates
+            .candidates()
             .iter()
             .position(|c| c.peer.address == peer)?;
+        let old_selected = entry.selected(local_as, max_paths);
         let removed = entry.remove(i);
-        self.reselect(prefix, Displaced::Removed(i, removed))
+        self.reselect(prefix, Displaced::Removed(i, removed), old_selected)
     }
 
     /// Removes every path of `peer` (session down). Visits the whole table.
@@ -772,7 +822,7 @@ impl LocRib {
     pub fn prefixes_of(&self, peer: IpAddr) -> Vec<IpNet> {
         self.table
             .iter()
-            .filter(|(_, entry)| entry.candidates.iter().any(|c| c.peer.address == peer))
+            .filter(|(_, entry)| entry.candidates().iter().any(|c| c.peer.address == peer))
             .map(|(prefix, _)| prefix)
             .collect()
     }
@@ -781,7 +831,10 @@ impl LocRib {
     /// staleness is not a decision step.
     pub fn mark_stale(&mut self, prefix: IpNet, peer: IpAddr) {
         if let Some(entry) = self.table.get_mut(&prefix)
-            && let Some(candidate) = entry.candidates.iter_mut().find(|c| c.peer.address == peer)
+            && let Some(candidate) = entry
+                .candidates_mut()
+                .iter_mut()
+                .find(|c| c.peer.address == peer)
         {
             candidate.stale = true;
         }
@@ -790,26 +843,32 @@ impl LocRib {
     /// The current selection of `prefix`.
     pub fn selected(&self, prefix: IpNet) -> Option<Selected> {
         let entry = self.table.get(&prefix)?;
-        entry.old_selection(&Displaced::Nothing)
+        entry.old_selection(
+            &Displaced::Nothing,
+            entry.selected(self.local_as, self.max_paths),
+        )
     }
 
     /// The best path of `prefix`.
     pub fn best(&self, prefix: IpNet) -> Option<&Candidate> {
         let entry = self.table.get(&prefix)?;
-        entry.candidates[..entry.selected()].first()
+        entry.candidates()[..entry.selected(self.local_as, self.max_paths)].first()
     }
 
     /// Every candidate of `prefix`, in no particular order after the selected ones.
     pub fn candidates(&self, prefix: IpNet) -> &[Candidate] {
         self.table
             .get(&prefix)
-            .map_or(&[], |entry| &entry.candidates[..])
+            .map_or(&[], |entry| entry.candidates())
     }
 
     /// Every candidate of `prefix` ranked, with its role and the step that placed it (for the CLI).
     pub fn explain(&self, prefix: IpNet) -> Vec<Explained> {
         let cands = self.candidates(prefix);
-        let selected = self.table.get(&prefix).map_or(0, |entry| entry.selected());
+        let selected = self
+            .table
+            .get(&prefix)
+            .map_or(0, |entry| entry.selected(self.local_as, self.max_paths));
         let eligible = |i: usize| cands[i].is_eligible(self.local_as);
         let mut ranked: Vec<usize> = Vec::with_capacity(cands.len());
         loop {
@@ -865,21 +924,30 @@ impl LocRib {
     }
 
     /// Recomputes the selection of `prefix` after an operation and reports it if it changed.
-    fn reselect(&mut self, prefix: IpNet, displaced: Displaced) -> Option<BestChange> {
+    /// `old_selected`: the selection size before the operation.
+    fn reselect(
+        &mut self,
+        prefix: IpNet,
+        displaced: Displaced,
+        old_selected: usize,
+    ) -> Option<BestChange> {
         let entry = self.table.get_mut(&prefix)?;
-        let selection = select(&entry.candidates, self.local_as, self.max_paths);
+        let selection = select(entry.candidates(), self.local_as, self.max_paths);
         let new = selection.as_slice();
-        let changed = new.len() != entry.selected()
+        let changed = new.len() != old_selected
             || new
                 .iter()
                 .enumerate()
-                .any(|(m, &i)| entry.candidates[i] != *entry.old_at(m, &displaced));
+                .any(|(m, &i)| entry.candidates()[i] != *entry.old_at(m, &displaced));
         let change = changed.then(|| BestChange {
             prefix,
-            old: entry.old_selection(&displaced),
+            old: entry.old_selection(&displaced, old_selected),
             new: new.split_first().map(|(&best, rest)| Selected {
-                best: entry.candidates[best].clone(),
-                multipath: rest.iter().map(|&i| entry.candidates[i].clone()).collect(),
+                best: entry.candidates()[best].clone(),
+                multipath: rest
+                    .iter()
+                    .map(|&i| entry.candidates()[i].clone())
+                    .collect(),
             }),
         });
         // Move the selection to the front, in order, keeping the indices still to place valid.
@@ -887,7 +955,7 @@ impl LocRib {
         for m in 0..selection.len {
             let from = order[m];
             if from != m {
-                entry.candidates.swap(m, from);
+                entry.candidates_mut().swap(m, from);
                 for later in &mut order[m + 1..selection.len] {
                     if *later == m {
                         *later = from;
@@ -895,9 +963,8 @@ impl LocRib {
                 }
             }
         }
-        // `select` returns at most `max_paths` <= MAX_PATHS_LIMIT (64) paths.
-        entry.selected = u8::try_from(selection.len).unwrap_or(u8::MAX);
-        if entry.candidates.is_empty() {
+        entry.normalize();
+        if entry.candidates().is_empty() {
             self.table.remove(&prefix);
         }
         change
@@ -912,6 +979,8 @@ mod tests {
     fn candidate_stays_small() {
         // One per prefix and peer: 1M prefixes from 2 peers hold 2M of them.
         assert_eq!(std::mem::size_of::<Candidate>(), 24);
+        // A single path is stored inline in the table entry, without a tag word.
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
     }
     use crate::wire::{AsPath, AsSegment, SegmentType};
     use proptest::prelude::*;
