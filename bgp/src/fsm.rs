@@ -318,6 +318,9 @@ pub struct Session {
     established: Option<EstablishedConn>,
     /// Consecutive connect attempts abandoned by ConnectRetry without an answer (wrong MD5 key, filter).
     connect_timeouts: u32,
+    /// A `Reset` with its own IdleHold (maximum prefixes) is in force: the peer's connections are
+    /// refused too until IdleHold expires.
+    held_down: bool,
 }
 
 impl Session {
@@ -332,6 +335,7 @@ impl Session {
             started: false,
             failures: 0,
             established: None,
+            held_down: false,
             connect_timeouts: 0,
         }
     }
@@ -358,6 +362,7 @@ impl Session {
     /// the first session after a restart).
     pub fn set_graceful_restart(&mut self, graceful_restart: Option<GracefulRestart>) {
         self.config.graceful_restart = graceful_restart;
+        self.local_open = self.config.local_open();
     }
 
     /// Consecutive session failures (drives the IdleHold back-off).
@@ -370,6 +375,7 @@ impl Session {
         match input {
             Input::ManualStart => {
                 self.failures = 0;
+                self.held_down = false;
                 self.start(out);
             }
             Input::AutomaticStart => self.start(out),
@@ -397,6 +403,7 @@ impl Session {
                 };
                 self.go_down(reason, now, out);
                 if let Some(hold) = idle_hold.filter(|_| self.started) {
+                    self.held_down = true;
                     out.push(Output::StartTimer(Timer::IdleHold, hold));
                 }
             }
@@ -504,7 +511,7 @@ impl Session {
     }
 
     fn inbound_connected(&mut self, conn: ConnId, out: &mut Vec<Output>) {
-        if !self.started || self.conns.len() >= 2 {
+        if !self.started || self.held_down || self.conns.len() >= 2 {
             out.push(Output::CloseConnection { conn });
             return;
         }
@@ -680,6 +687,7 @@ impl Session {
                 }
             }
             Timer::IdleHold => {
+                self.held_down = false;
                 if self.started && self.phase == State::Idle && self.conns.is_empty() {
                     self.begin_connecting(out);
                 }
@@ -1441,6 +1449,50 @@ mod tests {
                 .any(|o| matches!(o, Output::StopTimer(Timer::IdleHold)))
         );
         assert_eq!(h.session.state(), State::OpenSent);
+    }
+
+    #[test]
+    fn reset_with_its_own_idle_hold_refuses_the_peer_until_it_expires() {
+        let mut h = Harness::established(config());
+        let cease = Notification::cease(CeaseSubcode::MaximumPrefixesReached);
+        let out = h.run(Input::Reset {
+            notification: Some(cease.clone()),
+            reason: "too many prefixes".into(),
+            idle_hold: Some(Duration::from_secs(30)),
+        });
+        assert_eq!(notification(&out, 1), Some(cease));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::StartTimer(Timer::IdleHold, d) if *d == Duration::from_secs(30)
+        )));
+        // The peer reconnects at once: refused, unlike after an ordinary failure.
+        let out = h.run(Input::TcpConnectionConfirmed { conn: 5 });
+        assert!(closed(&out, 5));
+        assert!(sent(&out, 5).is_empty());
+        assert_eq!(h.session.state(), State::Idle);
+        // When the hold is over, both sides may connect again.
+        h.run(Input::TimerExpired(Timer::IdleHold));
+        let out = h.run(Input::TcpConnectionConfirmed { conn: 6 });
+        assert!(matches!(sent(&out, 6).as_slice(), [Message::Open(_)]));
+    }
+
+    #[test]
+    fn graceful_restart_capability_follows_set_graceful_restart() {
+        let mut h = Harness::new(config());
+        let gr = GracefulRestart {
+            restart_state: true,
+            notification: false,
+            restart_time: 120,
+            families: Vec::new(),
+        };
+        h.session.set_graceful_restart(Some(gr.clone()));
+        h.run(Input::ManualStart);
+        let out = h.run(Input::TcpConnectionAcknowledged { conn: 1 });
+        let open = match sent(&out, 1).as_slice() {
+            [Message::Open(open)] => open.clone(),
+            other => panic!("expected OPEN, got {other:?}"),
+        };
+        assert_eq!(open.graceful_restart(), Some(&gr));
     }
 
     #[test]

@@ -92,6 +92,37 @@ impl Reefd {
         Ok(())
     }
 
+    /// SIGTERM, then waits at most `timeout` for reefd to exit by itself (killed when the time is up:
+    /// an error). Returns its exit status. With graceful restart configured reefd closes its
+    /// sessions without NOTIFICATION and leaves its kernel routes in place.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        self.process.signal(libc::SIGTERM)?;
+        self.process.wait_timeout(timeout)
+    }
+
+    /// Replaces the YAML of a reefd started with [`Reefd::start_yaml`] and sends SIGHUP: reefd reads
+    /// the file again and applies what it can without a restart (peers' filters, communities).
+    /// Later restarts use the new file.
+    pub fn reload_yaml(&mut self, yaml: &str) -> Result<()> {
+        self.set_yaml(yaml)?;
+        self.process.signal(libc::SIGHUP)
+    }
+
+    /// Replaces the YAML of a reefd started with [`Reefd::start_yaml`] without telling reefd: the
+    /// next [`Reefd::respawn`] runs it (e.g. a config changed while reefd was down).
+    pub fn set_yaml(&mut self, yaml: &str) -> Result<()> {
+        if !matches!(self.source, Source::Yaml(_)) {
+            return Err(LabError::Daemon(
+                "set_yaml / reload_yaml need a reefd started with start_yaml".to_string(),
+            ));
+        }
+        self.source = Source::Yaml(yaml.to_string());
+        write_file(
+            &self.dir.path().join("reefd.yaml"),
+            &self.source.yaml(self.dir.path()),
+        )
+    }
+
     /// reefd's log (stdout and stderr of every run so far).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("reefd.log")).unwrap_or_default()

@@ -26,24 +26,31 @@ struct BfdLab {
 }
 
 impl BfdLab {
-    fn start(bfd: bool, hold: u16, keepalive: u16) -> BfdLab {
+    /// `graceful_restart`: both sides configured for it (FRR `bgp graceful-restart`, reefd
+    /// `gracefulRestart`), so only BFD's "withdraw at once" rule removes the route quickly.
+    fn start(bfd: bool, graceful_restart: bool, hold: u16, keepalive: u16) -> BfdLab {
         require_root();
         let reef_ns = Netns::new("bfdreef").unwrap();
         let frr_ns = Netns::new("bfdfrr").unwrap();
         let link = veth(&reef_ns, &frr_ns).unwrap();
         let (reef_ip, frr_ip): (IpAddr, IpAddr) = (link.a.v4.into(), link.b.v4.into());
-        let options = if bfd {
+        let mut options = if bfd {
             FrrOptions {
                 global: "bfd\n profile lab\n  receive-interval 100\n  transmit-interval 100\n  \
                          detect-multiplier 3"
                     .to_string(),
-                router: format!(" neighbor {reef_ip} bfd\n neighbor {reef_ip} bfd profile lab"),
+                router: format!(" neighbor {reef_ip} bfd\n neighbor {reef_ip} bfd profile lab\n"),
                 bfdd: true,
                 ..FrrOptions::default()
             }
         } else {
             FrrOptions::default()
         };
+        if graceful_restart {
+            options
+                .router
+                .push_str(" bgp graceful-restart\n bgp graceful-restart preserve-fw-state\n");
+        }
         let frr = Frr::start_with(
             frr_ns,
             BgpConfig::new(FRR_AS, &link.b)
@@ -55,9 +62,14 @@ impl BfdLab {
         .unwrap();
         let bfd_line = "bfd: { enabled: true, minRx: 100ms, minTx: 100ms, multiplier: 3 }";
         let extra: &[&str] = if bfd { &[bfd_line] } else { &[] };
+        let gr = if graceful_restart {
+            "gracefulRestart: { restartTime: 120 }\n"
+        } else {
+            ""
+        };
         let yaml = format!(
             "routerId: {reef_ip}\nasNumber: {REEF_AS}\nprefixes: [\"10.65.1.0/26\"]\n\
-             fib: {{ table: 254 }}\npeers:\n{}",
+             fib: {{ table: 254 }}\n{gr}peers:\n{}",
             peer_yaml(frr_ip, FRR_AS, hold, keepalive, extra)
         );
         let reef = ok(Reefd::start_yaml(reef_ns, &yaml), &[&frr], &[]);
@@ -121,7 +133,19 @@ impl BfdLab {
 #[test]
 #[ignore = "needs root: network namespaces and daemons"]
 fn bfd_takes_the_session_down_before_hold_expiry() {
-    let lab = BfdLab::start(true, 60, 20);
+    bfd_cut(false);
+}
+
+/// The same with graceful restart on both sides: a BFD failure is not a restart, so reefd
+/// withdraws FRR's route at once instead of keeping it stale for FRR's 120 s restart time.
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn bfd_down_withdraws_at_once_despite_graceful_restart() {
+    bfd_cut(true);
+}
+
+fn bfd_cut(graceful_restart: bool) {
+    let lab = BfdLab::start(true, graceful_restart, 60, 20);
     let mut last = None;
     let bfd_up = wait_until(WAIT, POLL, || {
         last = lab.frr_bfd_peer();
@@ -203,7 +227,7 @@ fn bfd_takes_the_session_down_before_hold_expiry() {
 #[test]
 #[ignore = "needs root: network namespaces and daemons"]
 fn without_bfd_the_session_waits_for_the_hold_timer() {
-    let lab = BfdLab::start(false, 9, 3);
+    let lab = BfdLab::start(false, false, 9, 3);
     let ok_cut = lab.frr.netns().cut(lab.reef_ip);
     lab.ok(ok_cut);
     // The last KEEPALIVE came at most 3 s before the cut: the 9 s hold timer cannot expire
@@ -229,6 +253,59 @@ fn without_bfd_the_session_waits_for_the_hold_timer() {
     if !error.to_lowercase().contains("hold") {
         lab.fail(&format!(
             "reefd's session went down, but not by hold timer expiry: {status}"
+        ));
+    }
+}
+
+/// reefd with BFD enabled towards an FRR without BFD: the BFD session never comes up, which must not
+/// keep the BGP session down or take it down (RFC 5882 §4.2: BFD only acts once it was up).
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn bfd_on_one_side_only_leaves_the_session_alone() {
+    require_root();
+    let reef_ns = Netns::new("bfdreef").unwrap();
+    let frr_ns = Netns::new("bfdfrr").unwrap();
+    let link = veth(&reef_ns, &frr_ns).unwrap();
+    let (reef_ip, frr_ip): (IpAddr, IpAddr) = (link.a.v4.into(), link.b.v4.into());
+    let frr = Frr::start(
+        frr_ns,
+        BgpConfig::new(FRR_AS, &link.b)
+            .neighbor(Neighbor::new(reef_ip, REEF_AS))
+            .originate(net(FRR_PREFIX)),
+    )
+    .unwrap();
+    let yaml = format!(
+        "routerId: {reef_ip}\nasNumber: {REEF_AS}\nfib: {{ table: 254 }}\npeers:\n{}",
+        peer_yaml(
+            frr_ip,
+            FRR_AS,
+            9,
+            3,
+            &["bfd: { enabled: true, minRx: 100ms, minTx: 100ms, multiplier: 3 }"]
+        )
+    );
+    let reef = ok(Reefd::start_yaml(reef_ns, &yaml), &[&frr], &[]);
+    let lab = BfdLab {
+        frr,
+        reef,
+        frr_ip,
+        reef_ip,
+    };
+    lab.ok(lab.reef.wait_established(frr_ip, WAIT));
+    if let Err(e) = wait_kernel_route(lab.reef.netns(), net(FRR_PREFIX), WAIT, via(&[frr_ip])) {
+        lab.fail(&e);
+    }
+    // Watch for 5 s (many BFD detection times): the session stays up.
+    let mut dropped = None;
+    wait_until(Duration::from_secs(5), POLL, || {
+        if !lab.reef_session_up() || !lab.frr_session_up() {
+            dropped.get_or_insert_with(|| lab.reef.peer(lab.frr_ip).map(|p| p.to_string()));
+        }
+        None::<()>
+    });
+    if let Some(status) = dropped {
+        lab.fail(&format!(
+            "the session went down although BFD never came up (peer without BFD): {status:?}"
         ));
     }
 }

@@ -12,7 +12,7 @@ use reef_lab::{
 };
 use reef_tests::routing::{
     POLL, REEF_AS, Stopwatch, WAIT, fail, frr_paths, is_stale, net, ok, peer_yaml, reef_rib_route,
-    reef_rib_text, reef_state, via, wait_kernel_route,
+    reef_rib_text, reef_state, via, wait_frr_path, wait_kernel_route,
 };
 use serde_json::Value;
 
@@ -23,6 +23,26 @@ const PING_INTERVAL: Duration = Duration::from_millis(50);
 
 const HOST_B: Ipv4Addr = Ipv4Addr::new(10, 65, 1, 2);
 
+/// Graceful restart timers of a [`GrLab`].
+struct GrTimes {
+    /// What FRR advertises (how long reefd keeps FRR's routes while it restarts).
+    frr_restart_time: u16,
+    /// reefd's `selectionDeferralTime`.
+    selection_deferral: u32,
+    /// Extra lines of reefd's peer entry for FRR (e.g. `maxRestartTime`).
+    peer_extra: &'static [&'static str],
+}
+
+impl Default for GrTimes {
+    fn default() -> Self {
+        GrTimes {
+            frr_restart_time: 120,
+            selection_deferral: 30,
+            peer_extra: &[],
+        }
+    }
+}
+
 /// The four namespaces and the two speakers.
 struct GrLab {
     // Drop order: speakers first, then the hosts.
@@ -30,14 +50,20 @@ struct GrLab {
     reef: Reefd,
     frr_ip: IpAddr,
     reef_ip: IpAddr,
+    /// reefd's YAML (to restart it with a changed copy).
+    yaml: String,
     host_a: Netns,
     host_b: Netns,
 }
 
 impl GrLab {
     /// FRR originates `frr_prefixes` (10.66.1.0/24 is host A's subnet); reefd originates
-    /// 10.65.1.0/24 (host B's subnet).
+    /// 10.65.1.0/24 (host B's subnet). Restart times 120 s, selection deferral 30 s.
     fn start(frr_prefixes: &[&str]) -> GrLab {
+        GrLab::start_with(frr_prefixes, GrTimes::default())
+    }
+
+    fn start_with(frr_prefixes: &[&str], times: GrTimes) -> GrLab {
         require_root();
         let host_a = Netns::new("grha").unwrap();
         let frr_ns = Netns::new("grfrr").unwrap();
@@ -96,18 +122,21 @@ impl GrLab {
             frr_ns,
             frr_config,
             FrrOptions {
-                router: " bgp graceful-restart\n bgp graceful-restart preserve-fw-state\n \
-                         bgp graceful-restart restart-time 120"
-                    .to_string(),
+                router: format!(
+                    " bgp graceful-restart\n bgp graceful-restart preserve-fw-state\n \
+                     bgp graceful-restart restart-time {}",
+                    times.frr_restart_time
+                ),
                 ..FrrOptions::default()
             },
         )
         .unwrap();
         let yaml = format!(
             "routerId: {reef_ip}\nasNumber: {REEF_AS}\nprefixes: [\"10.65.1.0/24\"]\n\
-             gracefulRestart: {{ restartTime: 120, staleRoutesTime: 360, selectionDeferralTime: 30 }}\n\
+             gracefulRestart: {{ restartTime: 120, staleRoutesTime: 360, selectionDeferralTime: {} }}\n\
              fib: {{ table: 254 }}\npeers:\n{}",
-            peer_yaml(frr_ip, FRR_AS, 9, 3, &[])
+            times.selection_deferral,
+            peer_yaml(frr_ip, FRR_AS, 9, 3, times.peer_extra)
         );
         let reef = ok(Reefd::start_yaml(reef_ns, &yaml), &[&frr], &[]);
         let lab = GrLab {
@@ -115,6 +144,7 @@ impl GrLab {
             reef,
             frr_ip,
             reef_ip,
+            yaml,
             host_a,
             host_b,
         };
@@ -211,12 +241,32 @@ fn frr_path_stale(frr: &Frr, prefix: &str) -> Option<bool> {
 #[test]
 #[ignore = "needs root: network namespaces and daemons"]
 fn reefd_restart_keeps_forwarding() {
+    restart_reefd_under_ping(|lab| lab.reef.crash());
+}
+
+/// The same with a planned restart: SIGTERM makes reefd (graceful restart configured) close its
+/// session without NOTIFICATION, leave its kernel routes and exit 0.
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn reefd_graceful_stop_keeps_forwarding() {
+    restart_reefd_under_ping(|lab| {
+        let status = lab.reef.terminate(Duration::from_secs(10));
+        let status = lab.ok(status);
+        if !status.is_some_and(|s| s.success()) {
+            lab.fail(&format!("reefd did not exit 0 on SIGTERM: {status:?}"));
+        }
+    });
+}
+
+/// Stops reefd with `stop` while host A pings host B, starts it again and checks FRR's view of
+/// reefd's prefix throughout (stale, never withdrawn, fresh after End-of-RIB) and the ping.
+fn restart_reefd_under_ping(stop: impl FnOnce(&mut GrLab)) {
     let mut lab = GrLab::start(&["10.66.1.0/24"]);
     let prefix = "10.65.1.0/24";
     let ping = lab.ping();
     std::thread::sleep(Duration::from_secs(1));
     let clock = Stopwatch::start();
-    lab.reef.crash();
+    stop(&mut lab);
 
     // FRR marks the route stale and keeps it; it must never disappear.
     let mut withdrawn_at = None;
@@ -236,7 +286,7 @@ fn reefd_restart_keeps_forwarding() {
     });
     if went_stale.is_none() {
         lab.fail(&format!(
-            "FRR never marked {prefix} stale after reefd was killed (withdrawn at {withdrawn_at:?} ms); paths {:?}",
+            "FRR never marked {prefix} stale after reefd stopped (withdrawn at {withdrawn_at:?} ms); paths {:?}",
             frr_paths(&lab.frr, net(prefix))
         ));
     }
@@ -265,7 +315,7 @@ fn reefd_restart_keeps_forwarding() {
     );
     if let Some(at) = withdrawn_at {
         lab.fail(&format!(
-            "FRR withdrew {prefix} {at} ms after reefd was killed (graceful restart not honoured)"
+            "FRR withdrew {prefix} {at} ms after reefd stopped (graceful restart not honoured)"
         ));
     }
     if settled.is_none() {
@@ -304,7 +354,9 @@ fn frr_restart_reefd_keeps_routes() {
     // Watch for 2 s while FRR is down: both routes must stay.
     wait_until(Duration::from_secs(2), POLL, || {
         for p in ["10.66.1.0/24", "10.66.2.0/24"] {
-            if !matches!(lab.reef.netns().kernel_route(net(p), 254), Ok(Some(_))) {
+            if !matches!(lab.reef.netns().kernel_route(net(p), 254), Ok(Some(_)))
+                && !removed.iter().any(|(q, _)| *q == p)
+            {
                 removed.push((p, clock.millis()));
             }
         }
@@ -343,7 +395,7 @@ fn frr_restart_reefd_keeps_routes() {
     lab.kernel_via(lab.reef.netns(), "10.66.1.0/24", lab.frr_ip);
     // Nothing of FRR's is still marked stale after its End-of-RIB.
     let route = lab.ok(reef_rib_route(&lab.reef, net("10.66.1.0/24")));
-    if !route.as_ref().is_some_and(|r| !is_stale(r)) {
+    if route.as_ref().is_none_or(is_stale) {
         lab.fail(&format!(
             "after FRR's End-of-RIB 10.66.1.0/24 should be fresh in reefd's Loc-RIB: {route:?}"
         ));
@@ -388,4 +440,151 @@ fn reefd_restart_removes_routes_withdrawn_meanwhile() {
     }
     lab.kernel_via(lab.reef.netns(), "10.66.1.0/24", lab.frr_ip);
     lab.assert_no_loss(ping);
+}
+
+/// FRR killed for good: reefd keeps its routes while FRR's advertised restart time runs, then
+/// removes them. `times` make that short in one of two ways; `bound` is well below 120 s (FRR's
+/// default restart time), so only the configured time can explain the removal.
+fn frr_gone_for_good(times: GrTimes, what: &str) {
+    let mut lab = GrLab::start_with(&["10.66.1.0/24"], times);
+    lab.frr.crash();
+    let noticed = wait_until(Duration::from_secs(15), POLL, || {
+        (reef_state(&lab.reef, lab.frr_ip) != "Established").then_some(())
+    });
+    if noticed.is_none() {
+        lab.fail("reefd never noticed that FRR went away");
+    }
+    let clock = Stopwatch::start();
+    if let Err(e) = wait_kernel_route(
+        lab.reef.netns(),
+        net("10.66.1.0/24"),
+        Duration::from_secs(30),
+        |r| r.is_none(),
+    ) {
+        lab.fail(&format!(
+            "FRR stayed away, yet {what} did not end the stale routes: {e}"
+        ));
+    }
+    eprintln!(
+        "{what}: FRR's route removed {} ms after reefd noticed",
+        clock.millis()
+    );
+    let rib = lab.ok(reef_rib_route(&lab.reef, net("10.66.1.0/24")));
+    if rib.is_some() {
+        lab.fail(&format!(
+            "FRR's route left the kernel but not the Loc-RIB: {rib:?}"
+        ));
+    }
+}
+
+/// FRR advertises restart time 5 s and never comes back: its routes go after about 5 s.
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn frr_gone_for_good_routes_go_after_its_restart_time() {
+    frr_gone_for_good(
+        GrTimes {
+            frr_restart_time: 5,
+            ..GrTimes::default()
+        },
+        "FRR's restart time (5 s)",
+    );
+}
+
+/// FRR advertises 120 s, reefd caps it with `maxRestartTime: 3`.
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn max_restart_time_caps_how_long_stale_routes_stay() {
+    frr_gone_for_good(
+        GrTimes {
+            peer_extra: &["maxRestartTime: 3"],
+            ..GrTimes::default()
+        },
+        "maxRestartTime (3 s)",
+    );
+}
+
+/// reefd killed, FRR killed too and never back, reefd started again (selection deferral 5 s): with
+/// no End-of-RIB to wait for, reefd syncs its FIB when the deferral ends and removes the kernel route
+/// its previous run installed for FRR's prefix.
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn reefd_restart_without_its_peer_syncs_after_the_selection_deferral() {
+    let mut lab = GrLab::start_with(
+        &["10.66.1.0/24"],
+        GrTimes {
+            selection_deferral: 5,
+            ..GrTimes::default()
+        },
+    );
+    lab.reef.crash();
+    lab.frr.crash();
+    let restarted = lab.reef.respawn();
+    lab.ok(restarted);
+    // Right after the restart the previous run's route is still there (the sync is deferred).
+    if !matches!(
+        lab.reef.netns().kernel_route(net("10.66.1.0/24"), 254),
+        Ok(Some(_))
+    ) {
+        lab.fail(
+            "reefd removed the previous run's kernel route at start, before the selection deferral",
+        );
+    }
+    if let Err(e) = wait_kernel_route(
+        lab.reef.netns(),
+        net("10.66.1.0/24"),
+        Duration::from_secs(30),
+        |r| r.is_none(),
+    ) {
+        lab.fail(&format!(
+            "with no peer back, the selection deferral (5 s) should end in a FIB sync removing the stale route: {e}"
+        ));
+    }
+}
+
+/// reefd killed and started again with a config that no longer originates 10.65.2.0/24 (it still
+/// originates 10.65.1.0/24): FRR keeps both stale meanwhile, and after reefd's End-of-RIB drops the
+/// one reefd did not send again and keeps the other, fresh.
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn reefd_restart_with_a_prefix_less_drops_it_after_end_of_rib() {
+    let mut lab = GrLab::start(&["10.66.1.0/24"]);
+    let two = lab.yaml.replace(
+        "prefixes: [\"10.65.1.0/24\"]",
+        "prefixes: [\"10.65.1.0/24\", \"10.65.2.0/24\"]",
+    );
+    // Prefixes are not changed by a SIGHUP reload: restart with both.
+    let changed = lab.reef.set_yaml(&two);
+    lab.ok(changed);
+    let restarted = lab.reef.respawn();
+    lab.ok(restarted);
+    if let Err(e) = wait_frr_path(&lab.frr, net("10.65.2.0/24"), WAIT, |p| {
+        p.get("stale").is_none()
+    }) {
+        lab.fail(&format!("FRR never learned 10.65.2.0/24: {e}"));
+    }
+    lab.reef.crash();
+    let went_stale = wait_until(Duration::from_secs(15), POLL, || {
+        (frr_path_stale(&lab.frr, "10.65.2.0/24") == Some(true)).then_some(())
+    });
+    if went_stale.is_none() {
+        lab.fail("FRR never marked 10.65.2.0/24 stale after reefd was killed");
+    }
+    let one = lab.yaml.clone();
+    let changed = lab.reef.set_yaml(&one);
+    lab.ok(changed);
+    let restarted = lab.reef.respawn();
+    lab.ok(restarted);
+    let gone = wait_until(WAIT, POLL, || {
+        (frr_path_stale(&lab.frr, "10.65.2.0/24").is_none()
+            && frr_path_stale(&lab.frr, "10.65.1.0/24") == Some(false))
+        .then_some(())
+    });
+    if gone.is_none() {
+        lab.fail(&format!(
+            "after reefd's restart FRR should have dropped 10.65.2.0/24 and hold 10.65.1.0/24 fresh: \
+             {:?} / {:?}",
+            frr_paths(&lab.frr, net("10.65.2.0/24")),
+            frr_paths(&lab.frr, net("10.65.1.0/24"))
+        ));
+    }
 }

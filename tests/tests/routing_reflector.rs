@@ -299,3 +299,170 @@ fn reflected_loops_are_dropped() {
         }
     }
 }
+
+/// RFC 4456 §6 with reefd reflecting for one client (FRR C, 10.66.1.0/24) and two non-clients (FRR
+/// N, 10.68.1.0/24, and BIRD M, 10.69.1.0/24): the client gets both non-clients' routes, each
+/// non-client gets the client's route, and no non-client gets the other non-client's route.
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn reefd_reflects_client_routes_to_non_clients_only_by_the_rules() {
+    require_root();
+    let mut lan = Lan::new("rrlan").unwrap();
+    let reef_ns = Netns::new("rrreef").unwrap();
+    let c_ns = Netns::new("rrc").unwrap();
+    let n_ns = Netns::new("rrn").unwrap();
+    let m_ns = Netns::new("rrm").unwrap();
+    let reef_end = lan.attach(&reef_ns).unwrap();
+    let c_end = lan.attach(&c_ns).unwrap();
+    let n_end = lan.attach(&n_ns).unwrap();
+    let m_end = lan.attach(&m_ns).unwrap();
+    let reef_ip: IpAddr = reef_end.v4.into();
+    let (c_ip, n_ip, m_ip): (IpAddr, IpAddr, IpAddr) =
+        (c_end.v4.into(), n_end.v4.into(), m_end.v4.into());
+    let (c_prefix, n_prefix, m_prefix) = (
+        net("10.66.1.0/24"),
+        net("10.68.1.0/24"),
+        net("10.69.1.0/24"),
+    );
+    let frr_at = |ns: Netns, end, prefix| {
+        Frr::start(
+            ns,
+            BgpConfig::new(REEF_AS, end)
+                .neighbor(Neighbor::new(reef_ip, REEF_AS))
+                .originate(prefix),
+        )
+    };
+    let c = frr_at(c_ns, &c_end, c_prefix).unwrap();
+    let n = ok(frr_at(n_ns, &n_end, n_prefix), &[&c], &[]);
+    let m = ok(
+        Bird::start(
+            m_ns,
+            BgpConfig::new(REEF_AS, &m_end)
+                .neighbor(Neighbor::new(reef_ip, REEF_AS))
+                .originate(m_prefix),
+        ),
+        &[&c, &n],
+        &[],
+    );
+    let yaml = format!(
+        "routerId: {reef_ip}\nasNumber: {REEF_AS}\nrouteReflectorClusterId: {CLUSTER_ID}\npeers:\n{}{}{}",
+        peer_yaml(c_ip, REEF_AS, 9, 3, &["routeReflectorClient: true"]),
+        peer_yaml(n_ip, REEF_AS, 9, 3, &[]),
+        peer_yaml(m_ip, REEF_AS, 9, 3, &[]),
+    );
+    let reef = ok(Reefd::start_yaml(reef_ns, &yaml), &[&c, &n, &m], &[]);
+    let all: [&dyn BgpDaemon; 4] = [&c, &n, &m, &reef];
+    for (daemon, name) in [(&c as &dyn BgpDaemon, "C"), (&n, "N"), (&m, "M")] {
+        if let Err(e) = daemon.wait_established(reef_ip, WAIT) {
+            fail(&format!("{name}: {e}"), &all, &[]);
+        }
+    }
+    // What each must get: the client both non-clients' routes, each non-client the client's.
+    let expect = [
+        (&c as &dyn BgpDaemon, "client C", vec![n_prefix, m_prefix]),
+        (&n, "non-client N", vec![c_prefix]),
+        (&m, "non-client M", vec![c_prefix]),
+    ];
+    for (daemon, name, prefixes) in &expect {
+        let want: std::collections::BTreeSet<_> = prefixes.iter().copied().collect();
+        let mut last = std::collections::BTreeSet::new();
+        let got = reef_lab::wait_until(WAIT, reef_tests::routing::POLL, || {
+            last = daemon.routes_from(reef_ip).ok()?;
+            want.is_subset(&last).then_some(())
+        });
+        if got.is_none() {
+            fail(
+                &format!("{name} should learn {want:?} from reefd; has {last:?}"),
+                &all,
+                &[],
+            );
+        }
+    }
+    // Everything has been sent (the wanted routes arrived); now the exact sets: no non-client
+    // route reached the other non-client, nobody got its own route back.
+    for (daemon, name, prefixes) in &expect {
+        let want: std::collections::BTreeSet<_> = prefixes.iter().copied().collect();
+        let have = ok(daemon.routes_from(reef_ip), &all, &[]);
+        if have != want {
+            fail(
+                &format!("{name} should have exactly {want:?} from reefd, has {have:?}"),
+                &all,
+                &[],
+            );
+        }
+    }
+}
+
+/// reefd reflecting with `nextHopMode: Self` towards the FRR client: FRR sees BIRD's prefix with
+/// reefd's address as next hop; BIRD (Auto) still sees FRR's with the original next hop.
+#[test]
+#[ignore = "needs root: network namespaces and daemons"]
+fn next_hop_self_towards_one_client() {
+    require_root();
+    let mut lan = Lan::new("rrlan").unwrap();
+    let reef_ns = Netns::new("rrreef").unwrap();
+    let frr_ns = Netns::new("rrfrr").unwrap();
+    let bird_ns = Netns::new("rrbird").unwrap();
+    let reef_end = lan.attach(&reef_ns).unwrap();
+    let frr_end = lan.attach(&frr_ns).unwrap();
+    let bird_end = lan.attach(&bird_ns).unwrap();
+    let (reef_ip, frr_ip, bird_ip): (IpAddr, IpAddr, IpAddr) =
+        (reef_end.v4.into(), frr_end.v4.into(), bird_end.v4.into());
+    let (frr_prefix, bird_prefix) = (net("10.66.1.0/24"), net("10.67.1.0/24"));
+    let frr = Frr::start(
+        frr_ns,
+        BgpConfig::new(REEF_AS, &frr_end)
+            .neighbor(Neighbor::new(reef_ip, REEF_AS))
+            .originate(frr_prefix),
+    )
+    .unwrap();
+    let bird = ok(
+        Bird::start(
+            bird_ns,
+            BgpConfig::new(REEF_AS, &bird_end)
+                .neighbor(Neighbor::new(reef_ip, REEF_AS))
+                .originate(bird_prefix),
+        ),
+        &[&frr],
+        &[],
+    );
+    let yaml = format!(
+        "routerId: {reef_ip}\nasNumber: {REEF_AS}\nrouteReflectorClusterId: {CLUSTER_ID}\npeers:\n{}{}",
+        peer_yaml(
+            frr_ip,
+            REEF_AS,
+            9,
+            3,
+            &["routeReflectorClient: true", "nextHopMode: Self"]
+        ),
+        peer_yaml(bird_ip, REEF_AS, 9, 3, &["routeReflectorClient: true"]),
+    );
+    let reef = ok(Reefd::start_yaml(reef_ns, &yaml), &[&frr, &bird], &[]);
+    let all: [&dyn BgpDaemon; 3] = [&frr, &bird, &reef];
+    ok(frr.wait_established(reef_ip, WAIT), &all, &[]);
+    ok(bird.wait_established(reef_ip, WAIT), &all, &[]);
+    if let Err(e) = wait_frr_path(&frr, bird_prefix, WAIT, |p| {
+        frr_next_hop(p) == Some(reef_ip)
+    }) {
+        fail(
+            &format!("with nextHopMode Self FRR should see {bird_prefix} via reefd {reef_ip}: {e}"),
+            &all,
+            &[],
+        );
+    }
+    let want = format!("via {frr_ip} ");
+    let mut last = String::new();
+    let seen = reef_lab::wait_until(WAIT, reef_tests::routing::POLL, || {
+        last = bird
+            .birdc(&["show", "route", "all", "for", &frr_prefix.to_string()])
+            .ok()?;
+        last.contains(want.as_str()).then_some(())
+    });
+    if seen.is_none() {
+        fail(
+            &format!("BIRD (nextHopMode Auto) should see {frr_prefix} {want}:\n{last}"),
+            &all,
+            &[],
+        );
+    }
+}
