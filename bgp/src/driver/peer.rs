@@ -733,7 +733,8 @@ impl PeerTask {
             status.hold_time = Some(negotiated.hold_time);
             status.keepalive_time = Some(negotiated.keepalive_time);
             status.capabilities = capabilities;
-            status.last_error = None;
+            // `last_error` stays, like BIRD's "Last error": a session that flapped and came straight
+            // back still shows why it went down.
         }
         *lock(&self.shared.established_at) = Some(Instant::now());
         self.last_connect_error = None;

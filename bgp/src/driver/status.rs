@@ -43,7 +43,8 @@ pub struct PeerStatus {
     pub passive: bool,
     pub md5: bool,
     pub ttl_security: Option<u8>,
-    /// The last error that took the session down (or kept it from coming up).
+    /// The last error that took the session down (or kept it from coming up); kept once the session is
+    /// back, like BIRD's "Last error".
     pub last_error: Option<String>,
     /// One-line human hint for `reefctl bgp status`.
     pub info: String,
