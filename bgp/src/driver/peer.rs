@@ -572,6 +572,7 @@ impl PeerTask {
         drop(rib);
         // Each attribute set is decoded once per batch; its routes share the result.
         let mut decoded: HashMap<*const AttributeSet, ReceivedPath> = HashMap::new();
+        let mut last_path: Option<(*const AttributeSet, ReceivedPath)> = None;
         let mut batch: Vec<(IpNet, Option<ReceivedPath>)> = Vec::with_capacity(changes.len());
         let mut eor = end_of_rib.into_iter().peekable();
         for (i, change) in changes.into_iter().enumerate() {
@@ -580,7 +581,13 @@ impl PeerTask {
                 self.route(routing::Input::EndOfRib { address, family });
             }
             let path = change.attributes.map(|set| {
-                decoded
+                // Consecutive routes mostly share their set: skip the map lookup for those.
+                if let Some((last, path)) = &last_path
+                    && *last == Arc::as_ptr(&set)
+                {
+                    return path.clone();
+                }
+                let path = decoded
                     .entry(Arc::as_ptr(&set))
                     .or_insert_with(|| {
                         Arc::new(RoutePath {
@@ -588,7 +595,9 @@ impl PeerTask {
                             next_hop: set_next_hop(&set),
                         })
                     })
-                    .clone()
+                    .clone();
+                last_path = Some((Arc::as_ptr(&set), path.clone()));
+                path
             });
             batch.push((change.prefix, path));
         }

@@ -412,7 +412,9 @@ impl Routing {
         let Some(peer) = self.peers.get_mut(&address) else {
             return;
         };
-        peer.stale.remove(&prefix);
+        if !peer.stale.is_empty() {
+            peer.stale.remove(&prefix);
+        }
         let candidate = match (path, &peer.info) {
             (Some(path), Some(info)) => {
                 let looped = path.attrs.originator_id == Some(self.router_id)
