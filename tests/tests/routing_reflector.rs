@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use reef_lab::{
     BgpConfig, BgpDaemon, Bird, ExaBgp, Frr, FrrOptions, Lan, Neighbor, Netns, Reefd, require_root,
 };
@@ -103,6 +105,102 @@ fn frr_reflects_between_two_reefd_clients() {
     }
 }
 
+/// reefd reflecting (cluster id [`CLUSTER_ID`]) for an FRR and a BIRD client on one LAN, each client
+/// originating its prefix. Daemons are declared before the LAN so that they stop first.
+struct FrrAndBirdClients {
+    frr: Frr,
+    bird: Bird,
+    reef: Reefd,
+    reef_ip: IpAddr,
+    frr_ip: IpAddr,
+    bird_ip: IpAddr,
+    frr_prefix: IpNet,
+    bird_prefix: IpNet,
+    _lan: Lan,
+}
+
+impl FrrAndBirdClients {
+    /// `frr_peer`: extra reefd peer settings for the FRR client.
+    fn start(reef_extra: &str, frr_peer: &[&str]) -> FrrAndBirdClients {
+        let mut lan = Lan::new("rrlan").unwrap();
+        let reef_ns = Netns::new("rrreef").unwrap();
+        let frr_ns = Netns::new("rrfrr").unwrap();
+        let bird_ns = Netns::new("rrbird").unwrap();
+        let reef_end = lan.attach(&reef_ns).unwrap();
+        let frr_end = lan.attach(&frr_ns).unwrap();
+        let bird_end = lan.attach(&bird_ns).unwrap();
+        let (reef_ip, frr_ip, bird_ip): (IpAddr, IpAddr, IpAddr) =
+            (reef_end.v4.into(), frr_end.v4.into(), bird_end.v4.into());
+        let (frr_prefix, bird_prefix) = (net("10.66.1.0/24"), net("10.67.1.0/24"));
+        let frr = Frr::start(
+            frr_ns,
+            BgpConfig::new(REEF_AS, &frr_end)
+                .neighbor(Neighbor::new(reef_ip, REEF_AS))
+                .originate(frr_prefix),
+        )
+        .unwrap();
+        let bird = ok(
+            Bird::start(
+                bird_ns,
+                BgpConfig::new(REEF_AS, &bird_end)
+                    .neighbor(Neighbor::new(reef_ip, REEF_AS))
+                    .originate(bird_prefix),
+            ),
+            &[&frr],
+            &[],
+        );
+        let mut frr_settings = vec!["routeReflectorClient: true"];
+        frr_settings.extend_from_slice(frr_peer);
+        let yaml = format!(
+            "routerId: {reef_ip}\nasNumber: {REEF_AS}\nrouteReflectorClusterId: {CLUSTER_ID}\n\
+             {reef_extra}peers:\n{}{}",
+            peer_yaml(frr_ip, REEF_AS, 9, 3, &frr_settings),
+            peer_yaml(bird_ip, REEF_AS, 9, 3, &["routeReflectorClient: true"]),
+        );
+        let reef = ok(Reefd::start_yaml(reef_ns, &yaml), &[&frr, &bird], &[]);
+        let lab = FrrAndBirdClients {
+            frr,
+            bird,
+            reef,
+            reef_ip,
+            frr_ip,
+            bird_ip,
+            frr_prefix,
+            bird_prefix,
+            _lan: lan,
+        };
+        ok(lab.frr.wait_established(reef_ip, WAIT), &lab.all(), &[]);
+        ok(lab.bird.wait_established(reef_ip, WAIT), &lab.all(), &[]);
+        lab
+    }
+
+    fn all(&self) -> [&dyn BgpDaemon; 3] {
+        [&self.frr, &self.bird, &self.reef]
+    }
+
+    /// Waits until BIRD's `show route all for` the FRR client's prefix contains every line of `want`.
+    fn wait_bird_sees_frr_prefix(&self, want: &[String], what: &str) {
+        let mut last = String::new();
+        let seen = reef_lab::wait_until(WAIT, reef_tests::routing::POLL, || {
+            last = self
+                .bird
+                .birdc(&["show", "route", "all", "for", &self.frr_prefix.to_string()])
+                .ok()?;
+            want.iter().all(|w| last.contains(w.as_str())).then_some(())
+        });
+        if seen.is_none() {
+            fail(
+                &format!(
+                    "{what}: BIRD's route for {} should show {want:?}:\n{last}",
+                    self.frr_prefix
+                ),
+                &self.all(),
+                &[],
+            );
+        }
+    }
+}
+
 /// (b) reefd reflects (routeReflectorClusterId, both peers clients) between an FRR and a BIRD
 /// client: each learns the other's prefix with the original next hop, ORIGINATOR_ID = the
 /// originator's router id and CLUSTER_LIST = reefd's cluster id.
@@ -110,48 +208,16 @@ fn frr_reflects_between_two_reefd_clients() {
 #[ignore = "needs root: network namespaces and daemons"]
 fn reefd_reflects_between_frr_and_bird_clients() {
     require_root();
-    let mut lan = Lan::new("rrlan").unwrap();
-    let reef_ns = Netns::new("rrreef").unwrap();
-    let frr_ns = Netns::new("rrfrr").unwrap();
-    let bird_ns = Netns::new("rrbird").unwrap();
-    let reef_end = lan.attach(&reef_ns).unwrap();
-    let frr_end = lan.attach(&frr_ns).unwrap();
-    let bird_end = lan.attach(&bird_ns).unwrap();
-    let (reef_ip, frr_ip, bird_ip): (IpAddr, IpAddr, IpAddr) =
-        (reef_end.v4.into(), frr_end.v4.into(), bird_end.v4.into());
-    let (frr_prefix, bird_prefix) = (net("10.66.1.0/24"), net("10.67.1.0/24"));
-
-    let frr = Frr::start(
-        frr_ns,
-        BgpConfig::new(REEF_AS, &frr_end)
-            .neighbor(Neighbor::new(reef_ip, REEF_AS))
-            .originate(frr_prefix),
-    )
-    .unwrap();
-    let bird = ok(
-        Bird::start(
-            bird_ns,
-            BgpConfig::new(REEF_AS, &bird_end)
-                .neighbor(Neighbor::new(reef_ip, REEF_AS))
-                .originate(bird_prefix),
-        ),
-        &[&frr],
-        &[],
-    );
-    let yaml = format!(
-        "routerId: {reef_ip}\nasNumber: {REEF_AS}\nrouteReflectorClusterId: {CLUSTER_ID}\n\
-         prefixes: [\"10.65.0.0/26\"]\npeers:\n{}{}",
-        peer_yaml(frr_ip, REEF_AS, 9, 3, &["routeReflectorClient: true"]),
-        peer_yaml(bird_ip, REEF_AS, 9, 3, &["routeReflectorClient: true"]),
-    );
-    let reef = ok(Reefd::start_yaml(reef_ns, &yaml), &[&frr, &bird], &[]);
-    let all: [&dyn BgpDaemon; 3] = [&frr, &bird, &reef];
-    ok(frr.wait_established(reef_ip, WAIT), &all, &[]);
-    ok(bird.wait_established(reef_ip, WAIT), &all, &[]);
-
+    let lab = FrrAndBirdClients::start("prefixes: [\"10.65.0.0/26\"]\n", &[]);
+    let (bird_prefix, bird_ip) = (lab.bird_prefix, lab.bird_ip);
     // FRR's view of BIRD's prefix.
-    let path = wait_frr_path(&frr, bird_prefix, WAIT, |_| true)
-        .unwrap_or_else(|e| fail(&format!("FRR never learned {bird_prefix}: {e}"), &all, &[]));
+    let path = wait_frr_path(&lab.frr, bird_prefix, WAIT, |_| true).unwrap_or_else(|e| {
+        fail(
+            &format!("FRR never learned {bird_prefix}: {e}"),
+            &lab.all(),
+            &[],
+        )
+    });
     let originator = path.get("originatorId").and_then(Value::as_str);
     let cluster_list: Vec<&str> = path
         .pointer("/clusterList/list")
@@ -159,7 +225,7 @@ fn reefd_reflects_between_frr_and_bird_clients() {
         .map(|l| l.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if frr_next_hop(&path) != Some(bird_ip)
-        || originator != Some(bird_end.v4.to_string().as_str())
+        || originator != Some(bird_ip.to_string().as_str())
         || cluster_list != [CLUSTER_ID]
     {
         fail(
@@ -167,31 +233,20 @@ fn reefd_reflects_between_frr_and_bird_clients() {
                 "FRR's path for {bird_prefix} should have next hop {bird_ip}, originatorId \
                  {bird_ip}, clusterList [{CLUSTER_ID}]: {path}"
             ),
-            &all,
+            &lab.all(),
             &[],
         );
     }
-
     // BIRD's view of FRR's prefix.
-    let want = [
-        format!("via {frr_ip} "),
-        format!("BGP.originator_id: {frr_ip}"),
-        format!("BGP.cluster_list: {CLUSTER_ID}"),
-    ];
-    let mut last = String::new();
-    let seen = reef_lab::wait_until(WAIT, reef_tests::routing::POLL, || {
-        last = bird
-            .birdc(&["show", "route", "all", "for", &frr_prefix.to_string()])
-            .ok()?;
-        want.iter().all(|w| last.contains(w.as_str())).then_some(())
-    });
-    if seen.is_none() {
-        fail(
-            &format!("BIRD's route for {frr_prefix} should show {want:?}:\n{last}"),
-            &all,
-            &[],
-        );
-    }
+    let frr_ip = lab.frr_ip;
+    lab.wait_bird_sees_frr_prefix(
+        &[
+            format!("via {frr_ip} "),
+            format!("BGP.originator_id: {frr_ip}"),
+            format!("BGP.cluster_list: {CLUSTER_ID}"),
+        ],
+        "reflected with the original next hop",
+    );
 }
 
 /// (c) A reflected loop is dropped: from an ExaBGP client, a route whose CLUSTER_LIST holds
@@ -399,70 +454,16 @@ fn reefd_reflects_client_routes_to_non_clients_only_by_the_rules() {
 #[ignore = "needs root: network namespaces and daemons"]
 fn next_hop_self_towards_one_client() {
     require_root();
-    let mut lan = Lan::new("rrlan").unwrap();
-    let reef_ns = Netns::new("rrreef").unwrap();
-    let frr_ns = Netns::new("rrfrr").unwrap();
-    let bird_ns = Netns::new("rrbird").unwrap();
-    let reef_end = lan.attach(&reef_ns).unwrap();
-    let frr_end = lan.attach(&frr_ns).unwrap();
-    let bird_end = lan.attach(&bird_ns).unwrap();
-    let (reef_ip, frr_ip, bird_ip): (IpAddr, IpAddr, IpAddr) =
-        (reef_end.v4.into(), frr_end.v4.into(), bird_end.v4.into());
-    let (frr_prefix, bird_prefix) = (net("10.66.1.0/24"), net("10.67.1.0/24"));
-    let frr = Frr::start(
-        frr_ns,
-        BgpConfig::new(REEF_AS, &frr_end)
-            .neighbor(Neighbor::new(reef_ip, REEF_AS))
-            .originate(frr_prefix),
-    )
-    .unwrap();
-    let bird = ok(
-        Bird::start(
-            bird_ns,
-            BgpConfig::new(REEF_AS, &bird_end)
-                .neighbor(Neighbor::new(reef_ip, REEF_AS))
-                .originate(bird_prefix),
-        ),
-        &[&frr],
-        &[],
-    );
-    let yaml = format!(
-        "routerId: {reef_ip}\nasNumber: {REEF_AS}\nrouteReflectorClusterId: {CLUSTER_ID}\npeers:\n{}{}",
-        peer_yaml(
-            frr_ip,
-            REEF_AS,
-            9,
-            3,
-            &["routeReflectorClient: true", "nextHopMode: Self"]
-        ),
-        peer_yaml(bird_ip, REEF_AS, 9, 3, &["routeReflectorClient: true"]),
-    );
-    let reef = ok(Reefd::start_yaml(reef_ns, &yaml), &[&frr, &bird], &[]);
-    let all: [&dyn BgpDaemon; 3] = [&frr, &bird, &reef];
-    ok(frr.wait_established(reef_ip, WAIT), &all, &[]);
-    ok(bird.wait_established(reef_ip, WAIT), &all, &[]);
-    if let Err(e) = wait_frr_path(&frr, bird_prefix, WAIT, |p| {
+    let lab = FrrAndBirdClients::start("", &["nextHopMode: Self"]);
+    let (bird_prefix, reef_ip) = (lab.bird_prefix, lab.reef_ip);
+    if let Err(e) = wait_frr_path(&lab.frr, bird_prefix, WAIT, |p| {
         frr_next_hop(p) == Some(reef_ip)
     }) {
         fail(
             &format!("with nextHopMode Self FRR should see {bird_prefix} via reefd {reef_ip}: {e}"),
-            &all,
+            &lab.all(),
             &[],
         );
     }
-    let want = format!("via {frr_ip} ");
-    let mut last = String::new();
-    let seen = reef_lab::wait_until(WAIT, reef_tests::routing::POLL, || {
-        last = bird
-            .birdc(&["show", "route", "all", "for", &frr_prefix.to_string()])
-            .ok()?;
-        last.contains(want.as_str()).then_some(())
-    });
-    if seen.is_none() {
-        fail(
-            &format!("BIRD (nextHopMode Auto) should see {frr_prefix} {want}:\n{last}"),
-            &all,
-            &[],
-        );
-    }
+    lab.wait_bird_sees_frr_prefix(&[format!("via {} ", lab.frr_ip)], "BIRD (nextHopMode Auto)");
 }
