@@ -9,6 +9,10 @@
 //! - `bfd`: BFD with the injector; t0 once the injector's veth end is cut (nftables drops everything,
 //!   the carrier stays up), so t1 - t0 is BFD detection plus the daemon's reaction. A new BGP session
 //!   per run (the daemon drops the old one).
+//!
+//! With `table_size` the injector first sends that many other routes (as `bgp_ingest` does) and waits
+//! until the kernel has them all: with `withdraw` once, with `bfd` on every session, and then also
+//! measures the time until the whole session's routes are gone from the kernel (flush).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -26,10 +30,15 @@ use crate::ingest::{DAEMON_AS, HOLD_TIME, INJECTOR_AS, INTERRUPTED, wait_ready};
 use crate::injector::{Session, SessionParams};
 use crate::kernel_routes::{Change, RouteWatch};
 use crate::receivers::{BfdTimers, Daemon, Peering, Receiver, Setup};
-use crate::workload::{Workload, encode_announce, encode_withdraw, session_context};
+use crate::workload::{
+    EncodedUpdates, MAX_PREFIXES, Workload, encode, encode_announce, encode_withdraw,
+    session_context,
+};
 
 /// The kernel table the daemons install into: main.
 pub const TABLE: u32 = 254;
+/// Pause between the table's installation and the first run.
+const TABLE_SETTLE: Duration = Duration::from_secs(2);
 /// Consecutive failed runs after which a daemon's measurement stops.
 const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 
@@ -66,6 +75,11 @@ pub struct ConvergenceOptions {
     pub event_timeout: Duration,
     /// Bound on start-up and on each (re)connection of the injector.
     pub start_timeout: Duration,
+    /// Routes the injector sends before the runs (withdraw trigger only), as in `bgp_ingest`: the
+    /// runs then happen with a table of this size in the RIB and the kernel.
+    pub table_size: u32,
+    /// Bound on the installation of those routes into the kernel.
+    pub table_timeout: Duration,
     pub reefd: PathBuf,
 }
 
@@ -81,6 +95,14 @@ pub struct ConvergenceResult {
     pub max_ms: Option<f64>,
     /// Runs whose route did not appear or did not go within the event timeout.
     pub failed_runs: u32,
+    /// With `table_size`: seconds from the first UPDATE byte of the table until all its routes were
+    /// in the kernel (the first run's, with BFD).
+    pub table_install_seconds: Option<f64>,
+    /// With BFD and `table_size`: milliseconds from t0 until every route of the session (the table and
+    /// P) was removed from the kernel, per completed run.
+    pub flush_samples_ms: Vec<f64>,
+    pub flush_p50_ms: Option<f64>,
+    pub flush_max_ms: Option<f64>,
     /// `rtm_protocol` of the daemon's kernel routes (BIRD 12, Reef 82).
     pub kernel_protocol: Option<u8>,
     /// Why the measurement stopped early, if it did.
@@ -93,6 +115,12 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     sorted.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted.get(rank.max(1) - 1).copied()
+}
+
+/// The prefix of run `run`: counted down from the top of the workload's range, so that the routes of
+/// `--table-size` (counted up from the bottom) never collide with it.
+fn run_prefix(run: u32) -> Ipv4Net {
+    Workload::prefix(MAX_PREFIXES - 1 - run % MAX_PREFIXES)
 }
 
 fn interrupted() -> bool {
@@ -109,6 +137,10 @@ pub fn measure(daemon: Daemon, options: &ConvergenceOptions) -> ConvergenceResul
         p99_ms: None,
         max_ms: None,
         failed_runs: 0,
+        table_install_seconds: None,
+        flush_samples_ms: Vec::new(),
+        flush_p50_ms: None,
+        flush_max_ms: None,
         kernel_protocol: None,
         error: None,
     };
@@ -118,6 +150,8 @@ pub fn measure(daemon: Daemon, options: &ConvergenceOptions) -> ConvergenceResul
     result.p50_ms = percentile(&result.samples_ms, 50.0);
     result.p99_ms = percentile(&result.samples_ms, 99.0);
     result.max_ms = result.samples_ms.iter().copied().reduce(f64::max);
+    result.flush_p50_ms = percentile(&result.flush_samples_ms, 50.0);
+    result.flush_max_ms = result.flush_samples_ms.iter().copied().reduce(f64::max);
     result
 }
 
@@ -173,8 +207,8 @@ fn measure_into(
 }
 
 impl Bed {
-    /// Connects from the injector's namespace and establishes a session that keeps itself alive. The
-    /// daemon may refuse for a while after dropping the previous session: retried within `timeout`.
+    /// Connects from the injector's namespace and establishes a session (the caller starts its writer).
+    /// The daemon may refuse for a while after dropping the previous session: retried within `timeout`.
     fn session(&self, timeout: Duration) -> Result<Session> {
         let deadline = Instant::now() + timeout;
         let remote = SocketAddr::from((self.peering.daemon_addr, 179));
@@ -188,16 +222,44 @@ impl Bed {
             let attempt = crate::netns_socket::connect_from(self.injector_ns.name(), remote, left)
                 .and_then(|stream| Session::establish(stream, &params, session_context(), left));
             match attempt {
-                Ok(mut session) => {
-                    session.keep_alive()?;
-                    return Ok(session);
-                }
+                Ok(session) => return Ok(session),
                 Err(error) if Instant::now() >= deadline || interrupted() => {
                     return Err(error.context("session with the daemon"));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
+    }
+
+    /// Starts the session's writer: the table's UPDATEs (then KEEPALIVEs), or KEEPALIVEs only. With a
+    /// table, waits until the kernel has all its routes and returns the seconds that took.
+    fn load_table(
+        &mut self,
+        session: &mut Session,
+        table: Option<&EncodedUpdates>,
+        options: &ConvergenceOptions,
+    ) -> Result<Option<f64>> {
+        let Some(table) = table else {
+            session.keep_alive()?;
+            return Ok(None);
+        };
+        let started = session.send(table)?;
+        let installed = self.watch.count(
+            Change::Added,
+            TABLE,
+            table.prefixes,
+            options.table_timeout,
+            &interrupted,
+        )?;
+        if installed < table.prefixes {
+            self.check(session)?;
+            bail!(
+                "only {installed} of the {} table routes in the kernel after {:?}",
+                table.prefixes,
+                options.table_timeout
+            );
+        }
+        Ok(Some(started.elapsed().as_secs_f64()))
     }
 
     /// Announces `prefix` and waits for its kernel route; returns the route's protocol.
@@ -231,6 +293,19 @@ impl Bed {
     }
 }
 
+/// The `--table-size` routes, encoded for this bed's next hop.
+fn table_updates(bed: &Bed, options: &ConvergenceOptions) -> Result<Option<EncodedUpdates>> {
+    if options.table_size == 0 {
+        return Ok(None);
+    }
+    let workload = Workload::new(options.table_size, options.table_size.div_ceil(1000))?;
+    Ok(Some(encode(
+        &workload,
+        INJECTOR_AS,
+        bed.peering.injector_addr,
+    )?))
+}
+
 /// Records one run's outcome; an error once too many runs in a row failed.
 fn record(
     result: &mut ConvergenceResult,
@@ -261,13 +336,19 @@ fn withdraw_runs(
     options: &ConvergenceOptions,
     result: &mut ConvergenceResult,
 ) -> Result<()> {
-    let session = bed.session(options.start_timeout)?;
+    let table = table_updates(bed, options)?;
+    let mut session = bed.session(options.start_timeout)?;
+    if let Some(seconds) = bed.load_table(&mut session, table.as_ref(), options)? {
+        result.table_install_seconds = Some(seconds);
+        // The daemon may still be busy with the table (bookkeeping after the kernel has it all).
+        std::thread::sleep(TABLE_SETTLE);
+    }
     let mut consecutive_failures = 0;
     for run in 0..options.runs {
         if interrupted() {
             bail!("interrupted");
         }
-        let prefix = Workload::prefix(run);
+        let prefix = run_prefix(run);
         let withdraw = encode_withdraw(prefix)?;
         let outcome = (|| -> Result<f64> {
             let protocol = bed.announce(&session, prefix, options.event_timeout)?;
@@ -317,14 +398,19 @@ fn bfd_runs(
     )?;
     // The daemon's side comes Up one packet after ours; wait a few intervals more before a cut.
     let settle = options.settle.max(options.bfd.interval * 3);
+    let table = table_updates(bed, options)?;
     let mut consecutive_failures = 0;
     for run in 0..options.runs {
         if interrupted() {
             bail!("interrupted");
         }
-        let prefix = Workload::prefix(run);
+        let prefix = run_prefix(run);
         let outcome = (|| -> Result<f64> {
-            let session = bed.session(options.start_timeout)?;
+            let mut session = bed.session(options.start_timeout)?;
+            if let Some(seconds) = bed.load_table(&mut session, table.as_ref(), options)? {
+                result.table_install_seconds.get_or_insert(seconds);
+                std::thread::sleep(TABLE_SETTLE);
+            }
             let protocol = bed.announce(&session, prefix, options.event_timeout)?;
             result.kernel_protocol.get_or_insert(protocol);
             peer.wait_up(options.start_timeout, &interrupted)?;
@@ -332,23 +418,41 @@ fn bfd_runs(
             let ifname = bed.link.a.ifname.clone();
             let cut = LinkCut::cut(&bed.injector_ns, &ifname, bed.workdir.path())?;
             let t0 = Instant::now();
-            let removed = bed.watch.wait_for(
-                Change::Removed,
-                prefix,
-                TABLE,
-                options.event_timeout,
-                &interrupted,
-            )?;
+            // P and, with a table, every table route: the daemon may remove them in any order.
+            let others = table.as_ref().map_or(0, |table| table.prefixes);
+            let timeout = if table.is_some() {
+                options.table_timeout
+            } else {
+                options.event_timeout
+            };
+            let (mut removed, mut others_removed, mut last) = (None, 0, t0);
+            bed.watch.watch_until(timeout, &interrupted, &mut |event| {
+                if event.change == Change::Removed && event.table == TABLE {
+                    if event.prefix == prefix {
+                        removed = Some(event.at);
+                    } else {
+                        others_removed += 1;
+                    }
+                    last = event.at;
+                }
+                removed.is_some() && others_removed >= others
+            })?;
+            let removed = removed
+                .ok_or_else(|| anyhow!("{prefix} still in the kernel {timeout:?} after the cut"))?;
+            if others_removed < others {
+                bail!(
+                    "only {others_removed} of the {others} table routes removed after {timeout:?}"
+                );
+            }
+            if table.is_some() {
+                result
+                    .flush_samples_ms
+                    .push(last.saturating_duration_since(t0).as_secs_f64() * 1000.0);
+            }
             drop(cut);
             drop(session);
             bed.receiver.check_running()?;
-            let removed = removed.ok_or_else(|| {
-                anyhow!(
-                    "{prefix} still in the kernel {:?} after the cut",
-                    options.event_timeout
-                )
-            })?;
-            Ok(removed.at.saturating_duration_since(t0).as_secs_f64() * 1000.0)
+            Ok(removed.saturating_duration_since(t0).as_secs_f64() * 1000.0)
         })();
         if interrupted() {
             bail!("interrupted");

@@ -20,8 +20,9 @@ use rtnetlink::sys::{Socket, protocols::NETLINK_ROUTE};
 
 /// The watcher thread checks for a stop this often (its receive timeout).
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(100);
-/// Large enough that a burst of notifications (a daemon flushing its routes) is not lost to ENOBUFS.
-const RECEIVE_BUFFER: libc::c_int = 16 << 20;
+/// Large enough that a burst of notifications (a daemon flushing a million routes: one message of
+/// about 1 KiB truesize each) is not lost to ENOBUFS while the watcher catches up.
+const RECEIVE_BUFFER: libc::c_int = 256 << 20;
 
 /// Whether a route appeared or went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,31 +102,25 @@ impl RouteWatch {
         }
     }
 
-    /// Waits at most `timeout` for `change` of `prefix` in `table`, discarding every other event, and
-    /// returns when it was read; `Ok(None)` on timeout or when `interrupted` says so.
-    pub fn wait_for(
+    /// Hands every event to `done` until it returns true (`Ok(true)`), at most for `timeout` or until
+    /// `interrupted` says so (`Ok(false)`).
+    pub fn watch_until(
         &self,
-        change: Change,
-        prefix: Ipv4Net,
-        table: u32,
         timeout: Duration,
         interrupted: &dyn Fn() -> bool,
-    ) -> Result<Option<RouteEvent>> {
+        done: &mut dyn FnMut(&RouteEvent) -> bool,
+    ) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
             if interrupted() {
-                return Ok(None);
+                return Ok(false);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(None);
+                return Ok(false);
             }
             match self.events.recv_timeout(left.min(RECEIVE_TIMEOUT)) {
-                Ok(event)
-                    if event.change == change && event.prefix == prefix && event.table == table =>
-                {
-                    return Ok(Some(event));
-                }
+                Ok(event) if done(&event) => return Ok(true),
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => bail!(
                     "route watcher stopped: {}",
@@ -135,9 +130,47 @@ impl RouteWatch {
         }
     }
 
-    /// Throws away the events received so far.
-    pub fn drain(&self) {
-        while self.events.try_recv().is_ok() {}
+    /// Waits at most `timeout` for `change` of `prefix` in `table`, discarding every other event, and
+    /// returns it; `Ok(None)` on timeout or when `interrupted` says so.
+    pub fn wait_for(
+        &self,
+        change: Change,
+        prefix: Ipv4Net,
+        table: u32,
+        timeout: Duration,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<RouteEvent>> {
+        let mut found = None;
+        self.watch_until(timeout, interrupted, &mut |event| {
+            let wanted = event.change == change && event.prefix == prefix && event.table == table;
+            if wanted {
+                found = Some(*event);
+            }
+            wanted
+        })?;
+        Ok(found)
+    }
+
+    /// Counts `change` events of `table` (any prefix) until `count` of them arrived, at most for
+    /// `timeout` or until `interrupted`; returns how many arrived.
+    pub fn count(
+        &self,
+        change: Change,
+        table: u32,
+        count: u64,
+        timeout: Duration,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<u64> {
+        let mut seen = 0;
+        if count > 0 {
+            self.watch_until(timeout, interrupted, &mut |event| {
+                if event.change == change && event.table == table {
+                    seen += 1;
+                }
+                seen >= count
+            })?;
+        }
+        Ok(seen)
     }
 
     /// Why the watcher stopped, if it did (e.g. ENOBUFS: notifications were lost).

@@ -23,6 +23,8 @@ use crate::procfs::Memory;
 /// Time bound of one probe (a `vtysh`/`gobgp` command, a control-socket query). Generous: gobgpd answers
 /// its API only after seconds while it ingests, and a probe killed and sent again costs it more work.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The kernel's main routing table.
+const MAIN_TABLE: u32 = 254;
 /// The gRPC port of gobgpd, on the loopback of its own namespace.
 const GOBGP_API_PORT: u16 = 50051;
 
@@ -179,7 +181,8 @@ pub fn bird_config(setup: &Setup) -> String {
     conf
 }
 
-/// FRR bgpd (started with `-n`/`--no_kernel`: no route goes to zebra, so none to the FIB): accept all
+/// FRR bgpd (started with `-n`/`--no_kernel` unless a kernel table is wanted: no route goes to zebra,
+/// so none to the FIB): accept all
 /// in (`ebgp-requires-policy` off, no inbound route-map: bgpd resolves route-maps named in its start-up
 /// config only after its route-map delay timer and denies until then), deny all out.
 pub fn frr_bgpd_config(peering: &Peering) -> String {
@@ -320,8 +323,18 @@ impl Receiver {
     /// Starts `daemon` inside `netns`. `reefd` is the path of the reefd binary (only used for Reef).
     pub fn start(daemon: Daemon, netns: &Netns, setup: &Setup, reefd: &Path) -> Result<Receiver> {
         let peering = setup.first()?;
-        if setup.is_extended() && !matches!(daemon, Daemon::Reef | Daemon::Bird) {
-            bail!("{daemon}: only Reef and BIRD can be set up with several peers, a FIB or BFD");
+        let fib_only = setup.peerings.len() == 1 && setup.bfd.is_none();
+        let supported = match daemon {
+            Daemon::Reef | Daemon::Bird => true,
+            // FRR: zebra installs bgpd's best routes into the main table when bgpd runs without `-n`.
+            Daemon::Frr => fib_only && setup.kernel_table.is_none_or(|table| table == MAIN_TABLE),
+            Daemon::Gobgp => !setup.is_extended(),
+        };
+        if !supported {
+            bail!(
+                "{daemon}: only Reef and BIRD can be set up with several peers, BFD or a FIB (FRR: the \
+                 main table)"
+            );
         }
         let workdir = tempfile::Builder::new()
             .prefix(&format!("reef-bench-{daemon}-"))
@@ -382,7 +395,16 @@ impl Receiver {
                     || zserv.exists().then_some(()),
                 )
                 .with_context(|| receiver.log_tail())?;
-                let bgpd_args = ["-n", "-N", &pathspace, "-f", path_str(&bgpd_conf)?];
+                // `-n` (--no_kernel): bgpd sends no route to zebra, so nothing reaches the FIB.
+                let no_kernel = if setup.kernel_table.is_some() {
+                    None
+                } else {
+                    Some("-n")
+                };
+                let bgpd_args: Vec<&str> = no_kernel
+                    .into_iter()
+                    .chain(["-N", &pathspace, "-f", path_str(&bgpd_conf)?])
+                    .collect();
                 receiver.processes.push(netns.spawn(
                     "bgpd",
                     "/usr/lib/frr/bgpd",

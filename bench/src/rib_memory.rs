@@ -1,7 +1,8 @@
 //! RIB memory: the same prefixes from two eBGP peers with different attributes (the second peer's
-//! AS_PATH is one AS longer), so the daemon keeps two paths per prefix and selects one. Measured: time
-//! until both peers' prefixes are all received, resident memory before, after the load (once settled)
-//! and at its peak (`VmHWM`). No FIB: BIRD without a `kernel` protocol, reefd without `fib:`.
+//! AS_PATH is one AS longer), so the daemon keeps two paths per prefix and selects one (or from one
+//! peer only, for comparison). Measured: time until every peer's prefixes are all received, resident
+//! memory before, after the load (once settled) and at its peak (`VmHWM`). No FIB: BIRD without a
+//! `kernel` protocol, reefd without `fib:`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,15 +17,18 @@ use crate::ingest::{DAEMON_AS, HOLD_TIME, INJECTOR_AS, INTERRUPTED, wait_ready};
 use crate::injector::{Session, SessionParams};
 use crate::procfs::mib;
 use crate::receivers::{Daemon, Peering, Receiver, Setup};
-use crate::workload::{Workload, encode, encode_prepended};
+use crate::workload::{Workload, encode_prepended};
 
 /// The second injector's AS; its paths carry it twice (one prepend), so the first peer's are best.
 pub const SECOND_INJECTOR_AS: u32 = 65002;
 
 #[derive(Debug, Clone)]
 pub struct RibMemoryOptions {
+    /// Peers sending the same prefixes: 1 or 2 (1 gives the cost of a prefix with one path, for the
+    /// difference a second path makes).
+    pub peers: usize,
     pub poll_interval: Duration,
-    /// Bound from the first UPDATE byte to all prefixes of both peers received.
+    /// Bound from the first UPDATE byte to all prefixes of every peer received.
     pub timeout: Duration,
     pub start_timeout: Duration,
     /// Pause after the load before `VmRSS` is read (lets deferred work such as best-path selection end).
@@ -38,20 +42,49 @@ pub struct RibMemoryResult {
     pub daemon: String,
     /// Prefixes per peer.
     pub prefixes: u64,
-    /// Prefixes each peer's count reached at the last probe.
-    pub received: [u64; 2],
-    /// Seconds from the first UPDATE byte (both sessions start together) until both peers' counts
-    /// reached `prefixes` and the daemon's RIB holds both paths of the last prefix.
+    /// Prefixes each peer's count reached at the last probe, by peer.
+    pub received: Vec<u64>,
+    /// Seconds from the first UPDATE byte (all sessions start together) until all peers' counts
+    /// reached `prefixes` and the daemon's RIB holds every path of the last prefix.
     pub load_seconds: Option<f64>,
-    /// `VmRSS` once both sessions were Established, before any UPDATE.
+    /// `VmRSS` once all sessions were Established, before any UPDATE.
     pub rss_before_mib: Option<f64>,
     /// `VmRSS` after the load and `settle`.
     pub rss_after_mib: Option<f64>,
     /// `VmHWM` at the end.
     pub peak_rss_mib: Option<f64>,
-    /// Paths the daemon holds for the first and the last prefix (2 expected), if it can tell.
+    /// Paths the daemon holds for the first and the last prefix (one per peer expected), if it can tell.
     pub paths_first_last: Option<[usize; 2]>,
     pub error: Option<String>,
+    /// `load_seconds` of every completed repetition (`--repeat`), in run order.
+    pub runs_load_seconds: Vec<f64>,
+}
+
+impl RibMemoryResult {
+    /// One result for several repetitions of the same daemon: the first failure if any run failed,
+    /// otherwise the run with the median load time. `runs_load_seconds` lists every completed run.
+    pub fn median_of(mut runs: Vec<RibMemoryResult>) -> Option<RibMemoryResult> {
+        let runs_load_seconds: Vec<f64> = runs.iter().filter_map(|run| run.load_seconds).collect();
+        let chosen = match runs
+            .iter()
+            .position(|run| run.error.is_some() || run.load_seconds.is_none())
+        {
+            Some(failed) => runs.swap_remove(failed),
+            None => {
+                runs.sort_by(|a, b| {
+                    a.load_seconds
+                        .unwrap_or_default()
+                        .total_cmp(&b.load_seconds.unwrap_or_default())
+                });
+                let middle = runs.len() / 2;
+                runs.into_iter().nth(middle)?
+            }
+        };
+        Some(RibMemoryResult {
+            runs_load_seconds,
+            ..chosen
+        })
+    }
 }
 
 /// Measures one daemon; a failure goes into `error`.
@@ -59,17 +92,19 @@ pub fn measure(daemon: Daemon, workload: &Workload, options: &RibMemoryOptions) 
     let mut result = RibMemoryResult {
         daemon: daemon.name().to_string(),
         prefixes: u64::from(workload.prefixes),
-        received: [0, 0],
+        received: vec![0; options.peers],
         load_seconds: None,
         rss_before_mib: None,
         rss_after_mib: None,
         peak_rss_mib: None,
         paths_first_last: None,
         error: None,
+        runs_load_seconds: Vec::new(),
     };
     if let Err(error) = measure_into(daemon, workload, options, &mut result) {
         result.error = Some(format!("{error:#}"));
     }
+    result.runs_load_seconds.extend(result.load_seconds);
     result
 }
 
@@ -82,28 +117,36 @@ fn measure_into(
     // Declared first, dropped last: the namespaces outlive the daemon and the sessions inside them.
     let injector_ns = Netns::new("rbminj").context("injector namespace")?;
     let daemon_ns = Netns::new(&format!("rbm{daemon}")).context("daemon namespace")?;
-    let links = [
-        veth(&injector_ns, &daemon_ns).context("veth 1")?,
-        veth(&injector_ns, &daemon_ns).context("veth 2")?,
-    ];
-    let peerings =
-        [(&links[0], INJECTOR_AS), (&links[1], SECOND_INJECTOR_AS)].map(|(link, injector_as)| {
-            Peering {
-                daemon_addr: link.b.v4,
-                daemon_as: DAEMON_AS,
-                injector_addr: link.a.v4,
-                injector_as,
-                hold_time: HOLD_TIME,
-            }
-        });
-    // Encoded before the daemon starts, so it costs the measurement nothing.
-    let updates = [
-        encode(workload, INJECTOR_AS, peerings[0].injector_addr).context("encode peer 1")?,
-        encode_prepended(workload, SECOND_INJECTOR_AS, peerings[1].injector_addr, 1)
-            .context("encode peer 2")?,
-    ];
+    let links = (0..options.peers)
+        .map(|n| veth(&injector_ns, &daemon_ns).with_context(|| format!("veth {n}")))
+        .collect::<Result<Vec<_>>>()?;
+    let peerings: Vec<Peering> = links
+        .iter()
+        .zip([INJECTOR_AS, SECOND_INJECTOR_AS])
+        .map(|(link, injector_as)| Peering {
+            daemon_addr: link.b.v4,
+            daemon_as: DAEMON_AS,
+            injector_addr: link.a.v4,
+            injector_as,
+            hold_time: HOLD_TIME,
+        })
+        .collect();
+    // Encoded before the daemon starts, so it costs the measurement nothing. Peer n prepends n times.
+    let updates = peerings
+        .iter()
+        .zip(0..)
+        .map(|(peering, prepend)| {
+            encode_prepended(
+                workload,
+                peering.injector_as,
+                peering.injector_addr,
+                prepend,
+            )
+            .with_context(|| format!("encode the UPDATEs of {}", peering.injector_addr))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let setup = Setup {
-        peerings: peerings.to_vec(),
+        peerings: peerings.clone(),
         kernel_table: None,
         bfd: None,
     };
@@ -143,12 +186,12 @@ fn measure_into(
                 *count = now;
             }
         }
-        // Counted on receipt: done once the best-path selection has also seen the last prefix of both
-        // peers (each peer's UPDATEs are processed in order).
+        // Counted on receipt: done once the best-path selection has also seen the last prefix of every
+        // peer (each peer's UPDATEs are processed in order).
         if result.received.iter().all(|&count| count >= expected)
             && receiver
                 .paths_for(last_prefix)
-                .is_ok_and(|paths| paths.is_none_or(|paths| paths >= 2))
+                .is_ok_and(|paths| paths.is_none_or(|paths| paths >= peerings.len()))
         {
             break Some(started.elapsed());
         }
@@ -191,4 +234,40 @@ fn measure_into(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(load_seconds: Option<f64>, rss: f64) -> RibMemoryResult {
+        RibMemoryResult {
+            daemon: "bird".to_string(),
+            prefixes: 10,
+            received: vec![10, 10],
+            load_seconds,
+            rss_before_mib: Some(1.0),
+            rss_after_mib: Some(rss),
+            peak_rss_mib: Some(rss),
+            paths_first_last: Some([2, 2]),
+            error: load_seconds.is_none().then(|| "timeout".to_string()),
+            runs_load_seconds: load_seconds.into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn repetitions_report_the_median_run_or_a_failure() {
+        let median = RibMemoryResult::median_of(vec![
+            run(Some(0.9), 1.0),
+            run(Some(0.3), 2.0),
+            run(Some(0.5), 3.0),
+        ])
+        .unwrap();
+        assert_eq!(median.load_seconds, Some(0.5));
+        assert_eq!(median.rss_after_mib, Some(3.0));
+        assert_eq!(median.runs_load_seconds, vec![0.9, 0.3, 0.5]);
+        let failed = RibMemoryResult::median_of(vec![run(Some(0.3), 1.0), run(None, 1.0)]).unwrap();
+        assert_eq!(failed.error.as_deref(), Some("timeout"));
+        assert!(RibMemoryResult::median_of(Vec::new()).is_none());
+    }
 }

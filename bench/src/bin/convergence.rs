@@ -3,7 +3,7 @@
 //! `--runs` runs, Reef against BIRD (see bench/README.md).
 //!
 //! `cargo run --release -p reef-bench --bin convergence -- [--runs 100] [--daemons reef,bird]
-//! [--trigger withdraw|bfd] [--json]` (as root).
+//! [--trigger withdraw|bfd] [--table-size 0] [--json]` (as root).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,6 +15,7 @@ use reef_bench::convergence::{ConvergenceOptions, ConvergenceResult, Trigger, me
 use reef_bench::ingest::{INTERRUPTED, install_signal_handlers};
 use reef_bench::receivers::{BfdTimers, Daemon};
 use reef_bench::report::{fixed, machine, ratio, utc_now};
+use reef_bench::workload::MAX_PREFIXES;
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -23,7 +24,7 @@ struct Args {
     /// Runs per daemon (one fresh prefix each).
     #[arg(long, default_value_t = 100)]
     runs: u32,
-    /// Daemons to measure, in this order (Reef and BIRD).
+    /// Daemons to measure, in this order: reef, bird, and with `--trigger withdraw` also frr.
     #[arg(long, value_delimiter = ',', default_value = "reef,bird")]
     daemons: Vec<String>,
     /// What takes the route away: `withdraw` (an UPDATE) or `bfd` (link cut, BFD detects it).
@@ -35,6 +36,14 @@ struct Args {
     /// BFD detection multiplier of both sides.
     #[arg(long, default_value_t = 3)]
     bfd_multiplier: u8,
+    /// Routes announced before the runs, so the runs happen with a table of this size in the daemon's
+    /// RIB and kernel (with `--trigger bfd` on every run's new session, and the time until all of them
+    /// are removed after the cut is reported too).
+    #[arg(long, default_value_t = 0)]
+    table_size: u32,
+    /// Bound on the installation of the `--table-size` routes.
+    #[arg(long, default_value_t = 300)]
+    table_timeout_secs: u64,
     /// Pause between the route's installation and t0.
     #[arg(long, default_value_t = 50)]
     settle_ms: u64,
@@ -54,6 +63,7 @@ struct Report {
     date: String,
     machine: String,
     trigger: Trigger,
+    table_size: u32,
     bfd_interval_ms: Option<u64>,
     bfd_multiplier: Option<u8>,
     results: Vec<ConvergenceResult>,
@@ -62,11 +72,12 @@ struct Report {
 impl Report {
     fn table(&self) -> String {
         let mut out = format!(
-            "convergence, trigger {}; {} ({})\n",
+            "convergence, trigger {}, {} other routes in the table; {} ({})\n",
             match (self.trigger, self.bfd_interval_ms, self.bfd_multiplier) {
                 (Trigger::Bfd, Some(ms), Some(mult)) => format!("bfd ({ms} ms x {mult})"),
                 _ => "withdraw".to_string(),
             },
+            self.table_size,
             self.machine,
             self.date
         );
@@ -76,11 +87,17 @@ impl Report {
         ));
         let bird = self.results.iter().find(|r| r.daemon == "bird");
         for result in &self.results {
-            let note = match (&result.error, result.kernel_protocol) {
+            let mut note = match (&result.error, result.kernel_protocol) {
                 (Some(error), _) => format!("({error})"),
                 (None, Some(protocol)) => format!("kernel proto {protocol}"),
                 (None, None) => String::new(),
             };
+            if let Some(seconds) = result.table_install_seconds {
+                note.push_str(&format!("; table installed in {seconds:.2} s"));
+            }
+            if let (Some(p50), Some(max)) = (result.flush_p50_ms, result.flush_max_ms) {
+                note.push_str(&format!("; all removed p50 {p50:.0} ms, max {max:.0} ms"));
+            }
             out.push_str(&format!(
                 "{:<7} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  {note}\n",
                 result.daemon,
@@ -107,11 +124,19 @@ fn main() -> Result<()> {
         .iter()
         .map(|name| name.parse::<Daemon>())
         .collect::<Result<Vec<_>>>()?;
-    if let Some(other) = daemons
-        .iter()
-        .find(|d| !matches!(d, Daemon::Reef | Daemon::Bird))
-    {
-        bail!("convergence measures Reef and BIRD only, not {other}");
+    // FRR (zebra installing bgpd's routes) only with withdraws: the benchmark runs no bfdd for it.
+    if let Some(other) = daemons.iter().find(|d| match d {
+        Daemon::Reef | Daemon::Bird => false,
+        Daemon::Frr => args.trigger == Trigger::Bfd,
+        Daemon::Gobgp => true,
+    }) {
+        bail!(
+            "convergence --trigger {:?} cannot measure {other}",
+            args.trigger
+        );
+    }
+    if args.table_size > MAX_PREFIXES - args.runs.min(MAX_PREFIXES) {
+        bail!("--table-size plus --runs must stay within {MAX_PREFIXES}");
     }
     if args.runs == 0 || args.bfd_multiplier == 0 || args.bfd_interval_ms == 0 {
         bail!("--runs, --bfd-interval-ms and --bfd-multiplier must be positive");
@@ -131,6 +156,8 @@ fn main() -> Result<()> {
         settle: Duration::from_millis(args.settle_ms),
         event_timeout: Duration::from_secs(args.timeout_secs),
         start_timeout: Duration::from_secs(30),
+        table_size: args.table_size,
+        table_timeout: Duration::from_secs(args.table_timeout_secs),
         reefd,
     };
     let mut results = Vec::new();
@@ -158,6 +185,7 @@ fn main() -> Result<()> {
         date: utc_now(),
         machine: machine(),
         trigger: args.trigger,
+        table_size: args.table_size,
         bfd_interval_ms: bfd.then_some(args.bfd_interval_ms),
         bfd_multiplier: bfd.then_some(args.bfd_multiplier),
         results,

@@ -27,10 +27,13 @@ struct Args {
     /// Distinct path attribute sets per peer.
     #[arg(long, default_value_t = 1000)]
     attr_sets: u32,
+    /// Peers sending the same prefixes (1 or 2); the second one's AS_PATH is one AS longer.
+    #[arg(long, default_value_t = 2)]
+    peers: usize,
     /// Daemons to measure, in this order (Reef and BIRD).
     #[arg(long, value_delimiter = ',', default_value = "reef,bird")]
     daemons: Vec<String>,
-    /// Bound per daemon from the first UPDATE byte to all prefixes of both peers received.
+    /// Bound per daemon from the first UPDATE byte to all prefixes of every peer received.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
     /// Interval between two prefix-count probes.
@@ -39,6 +42,10 @@ struct Args {
     /// Pause after the load before the resident memory is read.
     #[arg(long, default_value_t = 2)]
     settle_secs: u64,
+    /// Measure each daemon this many times (fresh namespaces and daemon each time) and report the run
+    /// with the median load time; all load times are listed.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
     /// Print the report as JSON on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -52,6 +59,7 @@ struct Report {
     date: String,
     machine: String,
     prefixes_per_peer: u32,
+    peers: usize,
     attr_sets: u32,
     results: Vec<RibMemoryResult>,
 }
@@ -59,8 +67,8 @@ struct Report {
 impl Report {
     fn table(&self) -> String {
         let mut out = format!(
-            "{} prefixes x 2 peers, {} attribute sets each; {} ({})\n",
-            self.prefixes_per_peer, self.attr_sets, self.machine, self.date
+            "{} prefixes x {} peer(s), {} attribute sets each; {} ({})\n",
+            self.prefixes_per_peer, self.peers, self.attr_sets, self.machine, self.date
         );
         out.push_str(&format!(
             "{:<7} {:>8} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9}  note\n",
@@ -79,9 +87,19 @@ impl Report {
             let paths = result
                 .paths_first_last
                 .map_or("-".to_string(), |[first, last]| format!("{first},{last}"));
+            let received: Vec<String> = result.received.iter().map(u64::to_string).collect();
+            let loads: Vec<String> = result
+                .runs_load_seconds
+                .iter()
+                .map(|seconds| format!("{seconds:.3}"))
+                .collect();
             let note = match &result.error {
                 Some(error) => format!("({error})"),
-                None => format!("received {} + {}", result.received[0], result.received[1]),
+                None => format!(
+                    "received {}; runs (s) {}",
+                    received.join(" + "),
+                    loads.join(" ")
+                ),
             };
             out.push_str(&format!(
                 "{:<7} {:>8} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9}  {note}\n",
@@ -131,7 +149,11 @@ fn main() -> Result<()> {
         Some(path) => path,
         None => reef_lab::binary("reefd").unwrap_or_else(|_| PathBuf::from("reefd")),
     };
+    if !(1..=2).contains(&args.peers) {
+        bail!("--peers must be 1 or 2");
+    }
     let options = RibMemoryOptions {
+        peers: args.peers,
         poll_interval: Duration::from_millis(args.poll_ms),
         timeout: Duration::from_secs(args.timeout_secs),
         start_timeout: Duration::from_secs(30),
@@ -143,25 +165,36 @@ fn main() -> Result<()> {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
         }
-        eprintln!("{daemon}: 2 x {} prefixes", args.prefixes);
-        let result = measure(daemon, &workload, &options);
-        eprintln!(
-            "{daemon}: load {} s, RSS {} MiB, peak {} MiB{}",
-            fixed(result.load_seconds, 3),
-            fixed(result.rss_after_mib, 1),
-            fixed(result.peak_rss_mib, 1),
-            result
-                .error
-                .as_deref()
-                .map(|error| format!(" (failed: {error})"))
-                .unwrap_or_default()
-        );
-        results.push(result);
+        let mut runs = Vec::new();
+        for run in 1..=args.repeat.max(1) {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                break;
+            }
+            eprintln!(
+                "{daemon}: run {run}, {} x {} prefixes",
+                args.peers, args.prefixes
+            );
+            let result = measure(daemon, &workload, &options);
+            eprintln!(
+                "{daemon}: load {} s, RSS {} MiB, peak {} MiB{}",
+                fixed(result.load_seconds, 3),
+                fixed(result.rss_after_mib, 1),
+                fixed(result.peak_rss_mib, 1),
+                result
+                    .error
+                    .as_deref()
+                    .map(|error| format!(" (failed: {error})"))
+                    .unwrap_or_default()
+            );
+            runs.push(result);
+        }
+        results.extend(RibMemoryResult::median_of(runs));
     }
     let report = Report {
         date: utc_now(),
         machine: machine(),
         prefixes_per_peer: args.prefixes,
+        peers: args.peers,
         attr_sets: args.attr_sets,
         results,
     };
