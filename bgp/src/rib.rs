@@ -254,13 +254,6 @@ pub struct AdjRibIn {
     allowed_own_as: u8,
 }
 
-/// One change of the table for the Loc-RIB: the prefix's new attribute set, or `None` when withdrawn.
-#[derive(Clone, Debug)]
-pub struct RibChange {
-    pub prefix: IpNet,
-    pub attributes: Option<Arc<AttributeSet>>,
-}
-
 fn key_v4(net: Ipv4Net, path_id: Option<u32>) -> KeyV4 {
     KeyV4 {
         addr: u32::from(net.network()),
@@ -363,19 +356,20 @@ impl AdjRibIn {
         self.apply_inner(update, |_, _| {})
     }
 
-    /// [`AdjRibIn::apply`] that also appends each change of the table to `changes` (withdrawals of
-    /// unknown prefixes are not changes).
-    pub fn apply_with_changes(
+    /// [`AdjRibIn::apply`] that also calls `each` for every change of the table, once the UPDATE is
+    /// applied: the prefix and its new attribute set, or `None` when withdrawn (withdrawals of unknown
+    /// prefixes are not changes). The sets are borrowed: a caller that keeps one past the next UPDATE
+    /// clones its `Arc` (a set nothing refers to any more is freed by the next UPDATE).
+    pub fn apply_with(
         &mut self,
         update: &Update,
-        changes: &mut Vec<RibChange>,
+        mut each: impl FnMut(IpNet, Option<&Arc<AttributeSet>>),
     ) -> ApplyStats {
         let mut ids: Vec<(IpNet, Option<AttrId>)> = Vec::new();
         let stats = self.apply_inner(update, |prefix, id| ids.push((prefix, id)));
-        changes.extend(ids.into_iter().map(|(prefix, id)| RibChange {
-            prefix,
-            attributes: id.and_then(|id| self.attrs.get(id).cloned()),
-        }));
+        for (prefix, id) in ids {
+            each(prefix, id.and_then(|id| self.attrs.get(id)));
+        }
         stats
     }
 

@@ -25,7 +25,7 @@ use crate::fsm::{
     ConnId, DownReason, Input, NegotiatedSession, Output, Session, SessionConfig, State, Timer,
 };
 use crate::policy::{MaxPrefixAction, MaxPrefixState};
-use crate::rib::{AdjRibIn, AttributeSet, RibChange};
+use crate::rib::{AdjRibIn, AttributeSet};
 use crate::routing::{self, OutChange, OutPath, PeerRouting, ReceivedPath, SessionInfo};
 use crate::wire::{
     AfiSafi, AfiSafiSet, CodecContext, GracefulRestart, GracefulRestartFamily, Message,
@@ -555,56 +555,60 @@ impl PeerTask {
         let mut rib = lock(&self.shared.rib);
         let ctx = rib.context();
         let mut trim_heap = false;
-        let mut changes: Vec<RibChange> = Vec::new();
+        // Each attribute set is decoded once per flush and its routes share the result. The cache
+        // holds a clone of each set's `Arc`, so no set's address is reused while the flush runs.
+        let mut decoded: HashMap<*const AttributeSet, (Arc<AttributeSet>, ReceivedPath)> =
+            HashMap::new();
+        let mut last: Option<(*const AttributeSet, ReceivedPath)> = None;
+        let mut batch: Vec<(IpNet, Option<ReceivedPath>)> = Vec::new();
         let mut end_of_rib = Vec::new();
         for update in self.pending_updates.drain(..) {
-            let stats = rib.apply_with_changes(&update, &mut changes);
+            let stats = rib.apply_with(&update, |prefix, set| {
+                let path = set.map(|set| {
+                    let key = Arc::as_ptr(set);
+                    // Consecutive routes mostly share their set: no map lookup for those.
+                    if let Some((last_key, path)) = &last
+                        && *last_key == key
+                    {
+                        return path.clone();
+                    }
+                    let path = decoded
+                        .entry(key)
+                        .or_insert_with(|| {
+                            let path = Arc::new(RoutePath {
+                                attrs: set.decode(&ctx),
+                                next_hop: set_next_hop(set),
+                            });
+                            (set.clone(), path)
+                        })
+                        .1
+                        .clone();
+                    last = Some((key, path.clone()));
+                    path
+                });
+                batch.push((prefix, path));
+            });
             if stats.treated_as_withdraw {
                 warn!(peer = %address, errors = ?update.errors, "UPDATE treated as withdraw (RFC 7606)");
             }
             if let Some(family) = stats.end_of_rib {
                 info!(peer = %address, %family, routes = rib.len(), "End-of-RIB received");
                 trim_heap = true;
-                end_of_rib.push((changes.len(), family));
+                // The routes before the marker go first.
+                end_of_rib.push((batch.len(), family));
             }
         }
         let count = rib.len();
         drop(rib);
-        // Each attribute set is decoded once per batch; its routes share the result.
-        let mut decoded: HashMap<*const AttributeSet, ReceivedPath> = HashMap::new();
-        let mut last_path: Option<(*const AttributeSet, ReceivedPath)> = None;
-        let mut batch: Vec<(IpNet, Option<ReceivedPath>)> = Vec::with_capacity(changes.len());
-        let mut eor = end_of_rib.into_iter().peekable();
-        for (i, change) in changes.into_iter().enumerate() {
-            while let Some((_, family)) = eor.next_if(|(at, _)| *at == i) {
-                self.route_batch(conn, &mut batch);
-                self.route(routing::Input::EndOfRib { address, family });
-            }
-            let path = change.attributes.map(|set| {
-                // Consecutive routes mostly share their set: skip the map lookup for those.
-                if let Some((last, path)) = &last_path
-                    && *last == Arc::as_ptr(&set)
-                {
-                    return path.clone();
-                }
-                let path = decoded
-                    .entry(Arc::as_ptr(&set))
-                    .or_insert_with(|| {
-                        Arc::new(RoutePath {
-                            attrs: set.decode(&ctx),
-                            next_hop: set_next_hop(&set),
-                        })
-                    })
-                    .clone();
-                last_path = Some((Arc::as_ptr(&set), path.clone()));
-                path
-            });
-            batch.push((change.prefix, path));
-        }
-        self.route_batch(conn, &mut batch);
-        for (_, family) in eor {
+        drop(decoded);
+        let mut sent = 0;
+        for (at, family) in end_of_rib {
+            let before: Vec<(IpNet, Option<ReceivedPath>)> = batch.drain(..at - sent).collect();
+            sent = at;
+            self.route_batch(conn, before);
             self.route(routing::Input::EndOfRib { address, family });
         }
+        self.route_batch(conn, batch);
         if trim_heap {
             release_free_memory();
         }
@@ -616,12 +620,12 @@ impl PeerTask {
         let _ = self.router.send(input);
     }
 
-    fn route_batch(&self, conn: ConnId, batch: &mut Vec<(IpNet, Option<ReceivedPath>)>) {
+    fn route_batch(&self, conn: ConnId, batch: Vec<(IpNet, Option<ReceivedPath>)>) {
         if !batch.is_empty() {
             self.route(routing::Input::Routes {
                 address: self.peer(),
                 conn,
-                changes: std::mem::take(batch),
+                changes: batch,
             });
         }
     }
