@@ -146,6 +146,17 @@ struct SpeakerShared {
     /// Inputs of the routing task.
     router: mpsc::UnboundedSender<routing::Input>,
     fib_updates: Mutex<Option<mpsc::UnboundedReceiver<FibUpdate>>>,
+    /// Counts the routing task publishes after each batch, so that status queries never wait for a
+    /// table load the routing core is busy with.
+    route_counts: Mutex<RouteCounts>,
+}
+
+/// What the status API shows of the routing core.
+#[derive(Default)]
+struct RouteCounts {
+    /// Per peer: routes advertised, routes kept stale through its restart.
+    peers: BTreeMap<IpAddr, (usize, usize)>,
+    loc_rib: usize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,6 +224,7 @@ impl Speaker {
             routing: routing.clone(),
             router,
             fib_updates: Mutex::new(fib_rx),
+            route_counts: Mutex::new(RouteCounts::default()),
         });
         let accept_task =
             listener.map(|listener| tokio::spawn(accept_loop(listener, Arc::downgrade(&shared))));
@@ -348,7 +360,7 @@ impl Speaker {
 
     /// Number of prefixes in the Loc-RIB.
     pub fn loc_rib_len(&self) -> usize {
-        lock(&self.shared.routing).loc_rib().len()
+        lock(&self.shared.route_counts).loc_rib
     }
 
     /// The Loc-RIB: every prefix with its selected path, sorted by prefix.
@@ -384,10 +396,10 @@ impl Speaker {
             .values()
             .map(|h| h.shared.snapshot())
             .collect();
-        let routing = lock(&self.shared.routing);
+        let counts = lock(&self.shared.route_counts);
         for peer in &mut peers {
-            peer.prefixes_advertised = routing.advertised(peer.address);
-            peer.stale_routes = routing.stale_routes(peer.address);
+            (peer.prefixes_advertised, peer.stale_routes) =
+                counts.peers.get(&peer.address).copied().unwrap_or_default();
         }
         peers
     }
@@ -396,9 +408,11 @@ impl Speaker {
         let mut peer = lock(&self.shared.peers)
             .get(&address)
             .map(|h| h.shared.snapshot())?;
-        let routing = lock(&self.shared.routing);
-        peer.prefixes_advertised = routing.advertised(address);
-        peer.stale_routes = routing.stale_routes(address);
+        (peer.prefixes_advertised, peer.stale_routes) = lock(&self.shared.route_counts)
+            .peers
+            .get(&address)
+            .copied()
+            .unwrap_or_default();
         Some(peer)
     }
 

@@ -10,7 +10,7 @@ use tokio::time::sleep_until;
 use tracing::warn;
 
 use super::peer::Export;
-use super::{SpeakerShared, lock, release_free_memory};
+use super::{RouteCounts, SpeakerShared, lock, release_free_memory};
 use crate::routing::{FibRoute, FibUpdate, Input, Output, Routing, Timer};
 
 /// Inputs taken in one go before the outputs are carried out: batches FIB changes and route sends
@@ -44,16 +44,15 @@ pub(super) async fn run(
         tokio::select! {
             input = inputs.recv() => {
                 let Some(input) = input else { return };
-                let mut core = lock(&core);
-                untrimmed += changes_in(&input);
-                outputs.extend(core.handle(input));
-                for _ in 1..INPUT_BATCH {
-                    match inputs.try_recv() {
-                        Ok(input) => {
-                            untrimmed += changes_in(&input);
-                            outputs.extend(core.handle(input));
-                        }
-                        Err(_) => break,
+                // The core is locked per input: queries (explain, listings) get in between.
+                let mut next = Some(input);
+                let mut taken = 0;
+                while let Some(input) = next.take() {
+                    untrimmed += changes_in(&input);
+                    outputs.extend(lock(&core).handle(input));
+                    taken += 1;
+                    if taken < INPUT_BATCH {
+                        next = inputs.try_recv().ok();
                     }
                 }
             }
@@ -68,11 +67,30 @@ pub(super) async fn run(
             }
         }
         execute(outputs, &speaker, fib.as_ref(), &mut timers);
+        publish_counts(&core, &speaker);
         if untrimmed >= TRIM_AFTER_CHANGES && inputs.is_empty() {
             untrimmed = 0;
             release_free_memory();
         }
     }
+}
+
+/// Publishes the per-peer counts for the status API.
+fn publish_counts(core: &Mutex<Routing>, speaker: &Weak<SpeakerShared>) {
+    let Some(speaker) = speaker.upgrade() else {
+        return;
+    };
+    let counts = {
+        let core = lock(core);
+        RouteCounts {
+            peers: core
+                .peer_addresses()
+                .map(|peer| (peer, (core.advertised(peer), core.stale_routes(peer))))
+                .collect(),
+            loc_rib: core.loc_rib().len(),
+        }
+    };
+    *lock(&speaker.route_counts) = counts;
 }
 
 fn execute(

@@ -304,6 +304,11 @@ impl Routing {
         self.loc_rib.explain(prefix.trunc())
     }
 
+    /// The configured peers.
+    pub fn peer_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.peers.keys().copied()
+    }
+
     /// Routes in the peer's Adj-RIB-Out (what it was sent).
     pub fn advertised(&self, peer: IpAddr) -> usize {
         self.peers.get(&peer).map_or(0, |p| p.adj_rib_out.len())
