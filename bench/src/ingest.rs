@@ -144,7 +144,9 @@ fn measure_into(
         }
         let probe_took = probe_started.elapsed();
         let count = result.prefixes_received;
-        if count >= expected {
+        // Received is not yet routed: reefd counts prefixes into its Adj-RIB-In before the Loc-RIB
+        // selects them (BIRD counts its table). Done when the last prefix is in the RIB too.
+        if count >= expected && last_prefix_in_rib(&receiver, expected) {
             break Some(started.elapsed());
         }
         if let Some(failure) = session.failure() {
@@ -176,6 +178,15 @@ fn measure_into(
     result.seconds = Some(elapsed.as_secs_f64());
     result.routes_per_second = Some(expected as f64 / elapsed.as_secs_f64());
     Ok(())
+}
+
+/// Whether the daemon's RIB holds the last prefix of the workload (daemons whose RIB is not probed:
+/// yes).
+fn last_prefix_in_rib(receiver: &Receiver, expected: u64) -> bool {
+    let Some(last) = expected.checked_sub(1).and_then(|i| u32::try_from(i).ok()) else {
+        return true;
+    };
+    !matches!(receiver.paths_for(Workload::prefix(last)), Ok(Some(0)) | Err(_))
 }
 
 /// Waits until the daemon answers its control interface with a prefix count.

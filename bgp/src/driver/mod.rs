@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -145,6 +145,8 @@ struct SpeakerShared {
     routing: Arc<Mutex<Routing>>,
     /// Inputs of the routing task.
     router: mpsc::UnboundedSender<routing::Input>,
+    /// Route changes sent to the routing task and not handled yet.
+    backlog: Arc<AtomicUsize>,
     fib_updates: Mutex<Option<mpsc::UnboundedReceiver<FibUpdate>>>,
     /// Counts the routing task publishes after each batch, so that status queries never wait for a
     /// table load the routing core is busy with.
@@ -223,6 +225,7 @@ impl Speaker {
             next_conn: Arc::new(AtomicU64::new(1)),
             routing: routing.clone(),
             router,
+            backlog: Arc::new(AtomicUsize::new(0)),
             fib_updates: Mutex::new(fib_rx),
             route_counts: Mutex::new(RouteCounts::default()),
         });
@@ -231,6 +234,7 @@ impl Speaker {
         let router_task = tokio::spawn(router::run(
             routing,
             router_inputs,
+            shared.backlog.clone(),
             Arc::downgrade(&shared),
             fib_tx,
         ));
@@ -293,7 +297,10 @@ impl Speaker {
         let (handle_commands, exports, shared, task) = peer::spawn(
             config.clone(),
             &self.shared.config,
-            self.shared.router.clone(),
+            peer::RouterLink {
+                inputs: self.shared.router.clone(),
+                backlog: self.shared.backlog.clone(),
+            },
             self.shared.next_conn.clone(),
         );
         peers.insert(

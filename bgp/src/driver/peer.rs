@@ -41,6 +41,17 @@ const READ_CHUNK: usize = 256 * 1024;
 const READ_QUEUE: usize = 4;
 /// Control commands in flight to a peer task.
 const COMMAND_QUEUE: usize = 64;
+/// Route changes in flight to the routing task above which peer tasks stop reading their sockets (TCP
+/// pushes back to the peers), so that a table load does not queue up in memory.
+const BACKLOG_LIMIT: usize = 65_536;
+/// How often a held-back peer task looks at the backlog again.
+const BACKLOG_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The routing task's input, with the count of route changes it has not handled yet.
+pub(super) struct RouterLink {
+    pub(super) inputs: mpsc::UnboundedSender<routing::Input>,
+    pub(super) backlog: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 pub(super) enum PeerCommand {
     Inbound(TcpStream),
@@ -131,7 +142,7 @@ struct PeerTask {
     last_connect_error: Option<String>,
     events_tx: mpsc::Sender<Event>,
     next_conn: Arc<AtomicU64>,
-    router: mpsc::UnboundedSender<routing::Input>,
+    router: RouterLink,
     shared: Arc<PeerShared>,
     established: Option<EstablishedSession>,
     pending_updates: Vec<Update>,
@@ -151,7 +162,7 @@ pub(super) type SpawnedPeer = (
 pub(super) fn spawn(
     config: PeerConfig,
     speaker: &SpeakerConfig,
-    router: mpsc::UnboundedSender<routing::Input>,
+    router: RouterLink,
     next_conn: Arc<AtomicU64>,
 ) -> SpawnedPeer {
     let local_as = config.local_as.unwrap_or(speaker.local_as);
@@ -271,7 +282,8 @@ impl PeerTask {
                     Some(command) => self.command(command),
                     None => return,
                 },
-                Some(event) = events.recv() => self.event(event),
+                Some(event) = events.recv(), if !self.backlogged() => self.event(event),
+                _ = tokio::time::sleep(BACKLOG_POLL), if self.backlogged() => {}
                 Some(export) = exports.recv() => self.export(export),
                 _ = sleep_until(tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now))), if deadline.is_some() => {
                     let now = Instant::now();
@@ -617,11 +629,18 @@ impl PeerTask {
 
     fn route(&self, input: routing::Input) {
         // The routing task lives as long as the speaker, which outlives this task.
-        let _ = self.router.send(input);
+        let _ = self.router.inputs.send(input);
+    }
+
+    fn backlogged(&self) -> bool {
+        self.router.backlog.load(Ordering::Relaxed) > BACKLOG_LIMIT
     }
 
     fn route_batch(&self, conn: ConnId, batch: Vec<(IpNet, Option<ReceivedPath>)>) {
         if !batch.is_empty() {
+            self.router
+                .backlog
+                .fetch_add(batch.len(), Ordering::Relaxed);
             self.route(routing::Input::Routes {
                 address: self.peer(),
                 conn,

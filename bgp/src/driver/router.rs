@@ -2,6 +2,7 @@
 //! outputs (route batches to the peer tasks, kernel routes to the FIB channel, timers).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -31,6 +32,7 @@ fn changes_in(input: &Input) -> usize {
 pub(super) async fn run(
     core: Arc<Mutex<Routing>>,
     mut inputs: mpsc::UnboundedReceiver<Input>,
+    backlog: Arc<AtomicUsize>,
     speaker: Weak<SpeakerShared>,
     fib: Option<mpsc::UnboundedSender<FibUpdate>>,
 ) {
@@ -49,7 +51,13 @@ pub(super) async fn run(
                 let mut taken = 0;
                 while let Some(input) = next.take() {
                     untrimmed += changes_in(&input);
+                    // Peer tasks counted these changes into the backlog when they sent them.
+                    let routed = match &input {
+                        Input::Routes { changes, .. } => changes.len(),
+                        _ => 0,
+                    };
                     outputs.extend(lock(&core).handle(input));
+                    backlog.fetch_sub(routed, Ordering::Relaxed);
                     taken += 1;
                     if taken < INPUT_BATCH {
                         next = inputs.try_recv().ok();
