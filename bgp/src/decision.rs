@@ -787,6 +787,16 @@ impl LocRib {
     pub fn insert(&mut self, prefix: IpNet, candidate: Candidate) -> Option<BestChange> {
         let (local_as, max_paths) = (self.local_as, self.max_paths);
         let entry = self.table.entry(prefix);
+        if entry.candidates().is_empty() {
+            // A new prefix (most changes of a table load): its only path is the selection if eligible.
+            let eligible = candidate.is_eligible(local_as);
+            *entry = Entry::One(candidate);
+            return eligible.then(|| BestChange {
+                prefix,
+                old: None,
+                new: entry.old_selection(&Displaced::Nothing, 1),
+            });
+        }
         let position = entry
             .candidates()
             .iter()

@@ -27,6 +27,7 @@ pub use config::{
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,8 @@ use crate::policy::{Policy, Verdict};
 use crate::wire::{
     AfiSafi, AfiSafiSet, AsPath, Community, GracefulRestart, Origin, PathAttributes,
 };
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<crate::rib::RouteKeyHasher>>;
 
 /// The `PeerInfo::address` of locally originated paths.
 pub const LOCAL_PEER: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -172,7 +175,7 @@ struct Peer {
     export: Policy,
     session: Option<SessionInfo>,
     /// What the peer was sent, to send changes only and to answer ROUTE-REFRESH.
-    adj_rib_out: HashMap<IpNet, Arc<OutPath>>,
+    adj_rib_out: FastMap<IpNet, Arc<OutPath>>,
     /// Paths kept through the peer's restart, not yet sent again.
     stale: HashSet<IpNet>,
     /// Families whose End-of-RIB arrived on the current session.
@@ -189,7 +192,7 @@ impl Peer {
             routing,
             ebgp,
             session: None,
-            adj_rib_out: HashMap::new(),
+            adj_rib_out: FastMap::default(),
             stale: HashSet::new(),
             end_of_rib: AfiSafiSet::EMPTY,
             info: None,
@@ -203,6 +206,8 @@ pub struct Routing {
     router_id: Ipv4Addr,
     loc_rib: LocRib,
     peers: BTreeMap<IpAddr, Peer>,
+    /// Peers with an Established session, in address order (exports loop over them per change).
+    up_peers: Vec<IpAddr>,
     local_path: Arc<RoutePath>,
     local_peer: Arc<PeerInfo>,
     fib_synced: bool,
@@ -254,6 +259,7 @@ impl Routing {
             config,
             router_id,
             peers: BTreeMap::new(),
+            up_peers: Vec::new(),
             local_path: Arc::new(RoutePath {
                 attrs: PathAttributes {
                     origin: Some(Origin::Igp),
@@ -326,6 +332,7 @@ impl Routing {
             Input::PeerRemoved { address } => {
                 self.drop_peer_paths(address);
                 self.peers.remove(&address);
+                self.up_peers.retain(|up| *up != address);
                 self.outputs
                     .push(Output::StopTimer(Timer::StaleRoutes(address)));
                 self.check_converged();
@@ -480,13 +487,8 @@ impl Routing {
         if best == old_best {
             return; // only the multipath set changed: nothing to advertise
         }
-        let peers: Vec<IpAddr> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.session.is_some())
-            .map(|(a, _)| *a)
-            .collect();
-        for peer in peers {
+        for i in 0..self.up_peers.len() {
+            let peer = self.up_peers[i];
             self.export(peer, change.prefix, best);
         }
     }
@@ -653,6 +655,9 @@ impl Routing {
         };
         peer.info = Some(Arc::new(session.peer));
         peer.session = Some(session);
+        if let Err(at) = self.up_peers.binary_search(&address) {
+            self.up_peers.insert(at, address);
+        }
         peer.end_of_rib = AfiSafiSet::EMPTY;
         peer.adj_rib_out.clear();
         let prefixes: Vec<IpNet> = self.loc_rib.prefixes().collect();
@@ -674,6 +679,7 @@ impl Routing {
             return;
         };
         let session = peer.session.take();
+        self.up_peers.retain(|up| *up != address);
         peer.adj_rib_out.clear();
         self.sends.remove(&address);
         let peer_gr = session.and_then(|s| s.peer_graceful_restart);
@@ -796,12 +802,7 @@ impl Routing {
             }
         }
         // Export chains and reflection flags may have changed: re-export everything to everyone.
-        let peers: Vec<IpAddr> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.session.is_some())
-            .map(|(a, _)| *a)
-            .collect();
+        let peers = self.up_peers.clone();
         let prefixes: Vec<IpNet> = self.loc_rib.prefixes().collect();
         for prefix in prefixes {
             let best = self.loc_rib.best(prefix).cloned();
