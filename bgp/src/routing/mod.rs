@@ -438,7 +438,9 @@ impl Routing {
                     debug!(peer = %address, %prefix, "reflection loop (ORIGINATOR_ID / CLUSTER_LIST); ignored");
                     None
                 } else {
-                    match peer.import.evaluate_protected(
+                    // Accepted unchanged: the received path itself moves into the Loc-RIB (no
+                    // reference-count traffic on a path the peer task is handing out too).
+                    let accepted = match peer.import.evaluate_protected(
                         prefix,
                         &path.attrs,
                         &self.config.protected,
@@ -447,11 +449,22 @@ impl Routing {
                             debug!(peer = %address, %prefix, ?by, "import rejected");
                             None
                         }
-                        Verdict::Accept { attrs, .. } => {
+                        Verdict::Accept {
+                            attrs: Cow::Borrowed(_),
+                            ..
+                        } => Some(None),
+                        Verdict::Accept {
+                            attrs: Cow::Owned(attrs),
+                            ..
+                        } => Some(Some(attrs)),
+                    };
+                    match accepted {
+                        None => None,
+                        Some(changed) => {
                             let next_hop = path.next_hop;
-                            let path = match attrs {
-                                Cow::Borrowed(_) => path.clone(),
-                                Cow::Owned(attrs) => Arc::new(RoutePath { attrs, next_hop }),
+                            let path = match changed {
+                                None => path,
+                                Some(attrs) => Arc::new(RoutePath { attrs, next_hop }),
                             };
                             let mut candidate = Candidate::shared(info.clone(), path);
                             candidate.next_hop_reachable = next_hop.is_some_and(usable_next_hop);
