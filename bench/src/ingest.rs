@@ -186,7 +186,10 @@ fn last_prefix_in_rib(receiver: &Receiver, expected: u64) -> bool {
     let Some(last) = expected.checked_sub(1).and_then(|i| u32::try_from(i).ok()) else {
         return true;
     };
-    !matches!(receiver.paths_for(Workload::prefix(last)), Ok(Some(0)) | Err(_))
+    !matches!(
+        receiver.paths_for(Workload::prefix(last)),
+        Ok(Some(0)) | Err(_)
+    )
 }
 
 /// Waits until the daemon answers its control interface with a prefix count.
