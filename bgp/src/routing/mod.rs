@@ -26,7 +26,7 @@ pub use config::{
 };
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -295,10 +295,6 @@ impl Routing {
             None => self.sync_fib(),
         }
         std::mem::take(&mut self.outputs)
-    }
-
-    pub fn config(&self) -> &RoutingConfig {
-        &self.config
     }
 
     pub fn loc_rib(&self) -> &LocRib {
@@ -871,19 +867,6 @@ impl Routing {
     /// Whether the peer's paths are currently kept through its restart.
     pub fn stale_routes(&self, peer: IpAddr) -> usize {
         self.peers.get(&peer).map_or(0, |p| p.stale.len())
-    }
-
-    /// Originated prefixes (for listings).
-    pub fn originated(&self) -> BTreeSet<IpNet> {
-        self.loc_rib
-            .prefixes()
-            .filter(|p| {
-                self.loc_rib
-                    .candidates(*p)
-                    .iter()
-                    .any(|c| c.peer.address == LOCAL_PEER)
-            })
-            .collect()
     }
 }
 
