@@ -176,6 +176,23 @@ pub fn fixed(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_string(), |value| format!("{value:.decimals$}"))
 }
 
+/// Prints a finished report: the table on stdout, or with `json` the JSON on stdout and the table on
+/// stderr. Exits with 130 (128 + SIGINT, as a shell reports a command stopped by Ctrl-C) when the run
+/// was interrupted.
+pub fn print_report(report: &impl Serialize, table: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        eprint!("{table}");
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{table}");
+    }
+    if crate::ingest::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("interrupted");
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

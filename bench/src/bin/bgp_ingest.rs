@@ -15,7 +15,7 @@ use reef_bench::ingest::{
     INJECTOR_AS, INTERRUPTED, IngestOptions, install_signal_handlers, measure,
 };
 use reef_bench::receivers::Daemon;
-use reef_bench::report::{IngestResult, Report, machine, utc_now};
+use reef_bench::report::{IngestResult, Report, machine, print_report, utc_now};
 use reef_bench::workload::{Workload, encode};
 
 #[derive(Parser, Debug)]
@@ -111,16 +111,5 @@ fn main() -> Result<()> {
         update_bytes: encoded.bytes.len() as u64,
         results,
     };
-    if args.json {
-        eprint!("{}", report.table());
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        eprintln!("interrupted");
-        // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
-        std::process::exit(130);
-    }
-    Ok(())
+    print_report(&report, &report.table(), args.json)
 }

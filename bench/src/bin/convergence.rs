@@ -14,7 +14,7 @@ use clap::Parser;
 use reef_bench::convergence::{ConvergenceOptions, ConvergenceResult, Trigger, measure};
 use reef_bench::ingest::{INTERRUPTED, install_signal_handlers};
 use reef_bench::receivers::{BfdTimers, Daemon};
-use reef_bench::report::{fixed, machine, ratio, utc_now};
+use reef_bench::report::{fixed, machine, print_report, ratio, utc_now};
 use reef_bench::workload::MAX_PREFIXES;
 use serde::Serialize;
 
@@ -190,15 +190,5 @@ fn main() -> Result<()> {
         bfd_multiplier: bfd.then_some(args.bfd_multiplier),
         results,
     };
-    if args.json {
-        eprint!("{}", report.table());
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        eprintln!("interrupted");
-        std::process::exit(130);
-    }
-    Ok(())
+    print_report(&report, &report.table(), args.json)
 }

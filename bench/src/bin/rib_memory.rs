@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use reef_bench::ingest::{INTERRUPTED, install_signal_handlers};
 use reef_bench::receivers::Daemon;
-use reef_bench::report::{fixed, machine, ratio, utc_now};
+use reef_bench::report::{fixed, machine, print_report, ratio, utc_now};
 use reef_bench::rib_memory::{RibMemoryOptions, RibMemoryResult, measure};
 use reef_bench::workload::Workload;
 use serde::Serialize;
@@ -198,15 +198,5 @@ fn main() -> Result<()> {
         attr_sets: args.attr_sets,
         results,
     };
-    if args.json {
-        eprint!("{}", report.table());
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        eprintln!("interrupted");
-        std::process::exit(130);
-    }
-    Ok(())
+    print_report(&report, &report.table(), args.json)
 }
