@@ -161,6 +161,13 @@ struct RouteCounts {
     loc_rib: usize,
 }
 
+impl RouteCounts {
+    fn fill(&self, status: &mut PeerStatus) {
+        (status.prefixes_advertised, status.stale_routes) =
+            self.peers.get(&status.address).copied().unwrap_or_default();
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicked holder cannot leave these maps half-updated in a way that matters more than losing the
     // whole speaker: keep serving.
@@ -405,8 +412,7 @@ impl Speaker {
             .collect();
         let counts = lock(&self.shared.route_counts);
         for peer in &mut peers {
-            (peer.prefixes_advertised, peer.stale_routes) =
-                counts.peers.get(&peer.address).copied().unwrap_or_default();
+            counts.fill(peer);
         }
         peers
     }
@@ -415,11 +421,7 @@ impl Speaker {
         let mut peer = lock(&self.shared.peers)
             .get(&address)
             .map(|h| h.shared.snapshot())?;
-        (peer.prefixes_advertised, peer.stale_routes) = lock(&self.shared.route_counts)
-            .peers
-            .get(&address)
-            .copied()
-            .unwrap_or_default();
+        lock(&self.shared.route_counts).fill(&mut peer);
         Some(peer)
     }
 

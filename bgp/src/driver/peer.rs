@@ -664,12 +664,9 @@ impl PeerTask {
             MaxPrefixAction::Exceeded => {
                 let config = state.config;
                 warn!(peer = %self.config.address, count, limit = config.limit, "maximum prefixes exceeded; closing the session");
-                let family = if lock(&self.shared.rib)
-                    .end_of_rib()
-                    .contains(AfiSafi::IPV6_UNICAST)
-                    && !lock(&self.shared.rib)
-                        .end_of_rib()
-                        .contains(AfiSafi::IPV4_UNICAST)
+                let end_of_rib = lock(&self.shared.rib).end_of_rib();
+                let family = if end_of_rib.contains(AfiSafi::IPV6_UNICAST)
+                    && !end_of_rib.contains(AfiSafi::IPV4_UNICAST)
                 {
                     AfiSafi::IPV6_UNICAST
                 } else {

@@ -168,12 +168,10 @@ pub struct LocRibRouteView {
 impl LocRibRouteView {
     pub fn new(prefix: IpNet, selected: &Selected, paths: usize) -> LocRibRouteView {
         let best = &selected.best;
-        let mut next_hops: Vec<IpAddr> = selected.paths().filter_map(|c| c.path.next_hop).collect();
-        next_hops.dedup();
         LocRibRouteView {
             prefix,
             peer: (best.peer.kind != PeerKind::Local).then_some(best.peer.address),
-            next_hops,
+            next_hops: crate::routing::fib_next_hops(Some(selected)),
             as_path: as_path_text(&best.path.attrs),
             local_pref: best.path.local_pref,
             paths,

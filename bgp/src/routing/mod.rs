@@ -235,7 +235,7 @@ fn usable_next_hop(hop: IpAddr) -> bool {
 
 /// The kernel next hops of a selection: the distinct next hops of its learned paths (none when a local
 /// path is best: the node's own blocks are felix's business).
-fn fib_next_hops(selected: Option<&Selected>) -> Vec<IpAddr> {
+pub(crate) fn fib_next_hops(selected: Option<&Selected>) -> Vec<IpAddr> {
     let Some(selected) = selected else {
         return Vec::new();
     };
