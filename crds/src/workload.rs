@@ -74,3 +74,75 @@ pub struct EndpointPort {
     /// Port number.
     pub port: u16,
 }
+
+/// The prefix of every host-side pod interface (`reef*`): felix owns routes on these links and drops
+/// traffic from such interfaces it does not know.
+pub const HOST_INTERFACE_PREFIX: &str = "reef";
+
+/// The MAC of every host-side pod interface. One fixed address lets pods keep their neighbour entry for
+/// the gateway across veth re-creation (Calico uses the same).
+pub const HOST_INTERFACE_MAC: &str = "ee:ee:ee:ee:ee:ee";
+
+/// The pod's IPv4 gateway: the host side answers for it by proxy ARP, so no address is spent on it.
+pub const POD_GATEWAY_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 1, 1);
+
+/// The host-side interface name of a workload: `reef` + the first 11 hex digits of the SHA-1 of
+/// `"<namespace>.<pod>"` (Kubernetes) or of the container id (plain CNI). 15 characters, the kernel's
+/// limit; the CNI plugin creates it and felix recomputes it from the WorkloadEndpoint, so both agree
+/// without talking to each other.
+pub fn host_interface_name(pod: Option<(&str, &str)>, container_id: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = match pod {
+        Some((namespace, name)) => Sha1::digest(format!("{namespace}.{name}").as_bytes()),
+        None => Sha1::digest(container_id.as_bytes()),
+    };
+    let mut name = String::with_capacity(15);
+    name.push_str(HOST_INTERFACE_PREFIX);
+    for byte in digest.iter() {
+        name.push_str(&format!("{byte:02x}"));
+        if name.len() >= 15 {
+            break;
+        }
+    }
+    name.truncate(15);
+    name
+}
+
+/// The name of the WorkloadEndpoint object for one workload interface: `<node>-<orchestrator>-<workload>-
+/// <endpoint>` (Calico's shape), lower-cased, with every character outside `[a-z0-9.-]` replaced by `-`, so
+/// it is a valid object name. `workload` is the pod name (Kubernetes) or the container id.
+pub fn endpoint_object_name(node: &str, orchestrator: &str, workload: &str, endpoint: &str) -> String {
+    let raw = format!("{node}-{orchestrator}-{workload}-{endpoint}");
+    let mut name: String = raw
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    name.truncate(253);
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_interface_names_match_calicos_scheme() {
+        // Expected values from `printf %s default.nginx | sha1sum` and `printf %s abc123 | sha1sum`.
+        assert_eq!(
+            host_interface_name(Some(("default", "nginx")), "ignored"),
+            "reefc440f455693"
+        );
+        assert_eq!(host_interface_name(None, "abc123"), "reef6367c48dd19");
+    }
+
+    #[test]
+    fn endpoint_object_names_are_valid_names() {
+        assert_eq!(
+            endpoint_object_name("Node-A", "k8s", "web_1", "eth0"),
+            "node-a-k8s-web-1-eth0"
+        );
+    }
+}
