@@ -111,7 +111,12 @@ pub fn host_interface_name(pod: Option<(&str, &str)>, container_id: &str) -> Str
 /// The name of the WorkloadEndpoint object for one workload interface: `<node>-<orchestrator>-<workload>-
 /// <endpoint>` (Calico's shape), lower-cased, with every character outside `[a-z0-9.-]` replaced by `-`, so
 /// it is a valid object name. `workload` is the pod name (Kubernetes) or the container id.
-pub fn endpoint_object_name(node: &str, orchestrator: &str, workload: &str, endpoint: &str) -> String {
+pub fn endpoint_object_name(
+    node: &str,
+    orchestrator: &str,
+    workload: &str,
+    endpoint: &str,
+) -> String {
     let raw = format!("{node}-{orchestrator}-{workload}-{endpoint}");
     let mut name: String = raw
         .chars()

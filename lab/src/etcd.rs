@@ -74,6 +74,16 @@ impl EtcdServer {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// Makes this etcd reachable from inside `ns` at `http://127.0.0.1:<same port>` (see [`NetnsForward`]),
+    /// for processes that must run in a lab namespace (the CNI plugin, reefd).
+    pub fn forward_into(&self, ns: &crate::Netns) -> Result<crate::NetnsForward> {
+        crate::NetnsForward::start(
+            ns,
+            self.client_port,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port)),
+        )
+    }
+
     /// The process id while running.
     pub fn pid(&self) -> Option<libc::pid_t> {
         self.process.as_ref().map(Process::pid)
