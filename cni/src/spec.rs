@@ -278,51 +278,43 @@ impl CniResult {
                     .collect()
             })
             .unwrap_or_default();
+        // An optional address field of one list entry, e.g. `ips[].gateway`.
+        let optional_ip = |entry: &Value, field: &str, list: &str| {
+            entry
+                .get(field)
+                .and_then(Value::as_str)
+                .map(|t| t.parse::<IpAddr>())
+                .transpose()
+                .map_err(|e| bad(format!("{list}[].{field}: {e}")))
+        };
+        let list = |name: &str| {
+            value
+                .get(name)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
         let mut ips = Vec::new();
-        for ip in value
-            .get("ips")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let address = text(ip, "address")
-                .parse::<IpNet>()
-                .map_err(|e| bad(format!("ips[].address: {e}")))?;
-            let gateway = match ip.get("gateway").and_then(Value::as_str) {
-                Some(gw) => Some(
-                    gw.parse::<IpAddr>()
-                        .map_err(|e| bad(format!("ips[].gateway: {e}")))?,
-                ),
-                None => None,
-            };
-            let interface = ip
-                .get("interface")
-                .and_then(Value::as_u64)
-                .map(|i| i as usize);
+        for ip in list("ips") {
             ips.push(IpConfig {
-                address,
-                gateway,
-                interface,
+                address: text(&ip, "address")
+                    .parse::<IpNet>()
+                    .map_err(|e| bad(format!("ips[].address: {e}")))?,
+                gateway: optional_ip(&ip, "gateway", "ips")?,
+                interface: ip
+                    .get("interface")
+                    .and_then(Value::as_u64)
+                    .map(|i| i as usize),
             });
         }
         let mut routes = Vec::new();
-        for route in value
-            .get("routes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let dst = text(route, "dst")
-                .parse::<IpNet>()
-                .map_err(|e| bad(format!("routes[].dst: {e}")))?;
-            let gw = match route.get("gw").and_then(Value::as_str) {
-                Some(gw) => Some(
-                    gw.parse::<IpAddr>()
-                        .map_err(|e| bad(format!("routes[].gw: {e}")))?,
-                ),
-                None => None,
-            };
-            routes.push(Route { dst, gw });
+        for route in list("routes") {
+            routes.push(Route {
+                dst: text(&route, "dst")
+                    .parse::<IpNet>()
+                    .map_err(|e| bad(format!("routes[].dst: {e}")))?,
+                gw: optional_ip(&route, "gw", "routes")?,
+            });
         }
         Ok(CniResult {
             interfaces,

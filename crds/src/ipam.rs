@@ -78,6 +78,22 @@ fn default_allowed_uses() -> Vec<AllowedUse> {
 }
 
 impl IPPoolSpec {
+    /// A pool of `cidr` with every other field at its default (the default block size, no VXLAN, no NAT,
+    /// enabled, exported, all nodes, Workload and Tunnel use).
+    pub fn new(cidr: impl Into<String>) -> IPPoolSpec {
+        IPPoolSpec {
+            cidr: cidr.into(),
+            block_size: None,
+            vxlan_mode: VxlanMode::Never,
+            ipip_mode: None,
+            nat_outgoing: false,
+            disabled: false,
+            disable_bgp_export: false,
+            node_selector: String::new(),
+            allowed_uses: default_allowed_uses(),
+        }
+    }
+
     /// The pool's CIDR, parsed. `None` when it is not a valid CIDR ([`crate::validate`] says why).
     pub fn cidr_net(&self) -> Option<IpNet> {
         self.cidr.parse().ok()

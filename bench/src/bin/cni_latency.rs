@@ -113,20 +113,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let pools: Arc<dyn Store<IPPool>> = datastore.store();
         pools
-            .create(&IPPool::new(
-                "bench",
-                IPPoolSpec {
-                    cidr: "10.244.0.0/16".into(),
-                    block_size: None,
-                    vxlan_mode: Default::default(),
-                    ipip_mode: None,
-                    nat_outgoing: false,
-                    disabled: false,
-                    disable_bgp_export: false,
-                    node_selector: String::new(),
-                    allowed_uses: vec![reef_crds::AllowedUse::Workload],
-                },
-            ))
+            .create(&IPPool::new("bench", IPPoolSpec::new("10.244.0.0/16")))
             .await?;
         let nodes: Arc<dyn Store<ReefNode>> = datastore.store();
         nodes

@@ -190,18 +190,8 @@ impl Cluster {
                 ..Default::default()
             },
             spec: IPPoolSpec {
-                cidr: cidr.to_string(),
                 block_size,
-                vxlan_mode: Default::default(),
-                ipip_mode: None,
-                nat_outgoing: false,
-                disabled: false,
-                disable_bgp_export: false,
-                node_selector: String::new(),
-                allowed_uses: vec![
-                    reef_crds::AllowedUse::Workload,
-                    reef_crds::AllowedUse::Tunnel,
-                ],
+                ..IPPoolSpec::new(cidr)
             },
         };
         let pools: Arc<dyn Store<IPPool>> = self.datastore.store();
