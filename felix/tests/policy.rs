@@ -520,6 +520,13 @@ fn truth_table(kind: BackendKind, tag: &str) {
     for case in &all {
         nodes.load(case);
         failures.extend(check_matrix(&cluster, case));
+        if std::env::var_os("REEF_POLICY_DEBUG").is_some() {
+            for node in &cluster.nodes {
+                eprintln!("{}", node.exec(&["nft", "list", "ruleset"]).unwrap());
+                eprintln!("{}", node.ip(&["route"]).unwrap());
+            }
+            panic!("{failures:#?}");
+        }
     }
     // The bad object is reported, with its reason, and the rest stayed enforced (checked above).
     let last = &all[all.len() - 1];
@@ -550,14 +557,23 @@ fn label_change_is_incremental(cluster: &Cluster, nodes: &mut Nodes) {
     let web_from_db = &cases()[5];
     nodes.load(web_from_db);
     let x_b = cluster.pods.iter().find(|p| p.id() == "x/b").unwrap();
-    for (n, engine) in nodes.engines.iter_mut().enumerate() {
+    for (n, (engine, dataplane)) in nodes
+        .engines
+        .iter_mut()
+        .zip(&mut nodes.dataplanes)
+        .enumerate()
+    {
         let mut endpoint = x_b.endpoint(n);
         endpoint.labels.insert("app".into(), "cache".into());
         engine.upsert_endpoint(endpoint);
         let changes = engine.take_changes();
         assert!(!changes.all && !changes.sets.is_empty(), "{changes:?}");
+        let operations = dataplane.apply(engine.program(), &changes).unwrap();
+        assert!(
+            operations > 0 && operations < 10,
+            "{operations} operations for one label"
+        );
     }
-    nodes.apply();
     let relabelled = case("x/b relabelled: no longer admitted", 80, |_, d, _| {
         !(d.in_ns("x") && d.app() == "web")
     });

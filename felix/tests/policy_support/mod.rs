@@ -290,6 +290,10 @@ impl Cluster {
         internet
             .ip(&["route", "add", "default", "via", &NODE_A_UPLINK.to_string()])
             .unwrap();
+        // Proxy ARP answers for 169.254.1.1 only when the node has a route to it: the default route.
+        nodes[0]
+            .ip(&["route", "add", "default", "via", &INTERNET.to_string()])
+            .unwrap();
         let mut pods = Vec::new();
         let mut counts = [0u8; 2];
         for (namespace, name, node, labels, ports) in specs {
