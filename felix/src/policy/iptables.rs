@@ -422,8 +422,10 @@ impl Batch {
     }
 
     fn remove_chain(&mut self, family: Family, table: &'static str, name: &str) {
-        let (_, _, removals) = self.table(family, table);
-        let _ = writeln!(removals, "-F {name}\n-X {name}");
+        // Every flush before any delete: a chain still jumped to cannot go.
+        let (_, rules, removals) = self.table(family, table);
+        let _ = writeln!(rules, "-F {name}");
+        let _ = writeln!(removals, "-X {name}");
         self.operations += 1;
     }
 }
