@@ -216,6 +216,14 @@ fn dispatch_lines(
     lines
 }
 
+/// The two dispatch chains (interface -> endpoint chain, unknown `reef*` interfaces dropped).
+fn insert_dispatch(chains: &mut Chains, program: &PolicyProgram) {
+    let egress = dispatch_lines(program, &program.egress, "-i");
+    let ingress = dispatch_lines(program, &program.ingress, "-o");
+    chains.insert(("filter", "reef-from-endpoint".into()), Body::Lines(egress));
+    chains.insert(("filter", "reef-to-endpoint".into()), Body::Lines(ingress));
+}
+
 fn base_chains(family: Family) -> Vec<(&'static str, &'static str, Vec<String>)> {
     let mut input = vec!["-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string()];
     if family == Family::V6 {
@@ -340,14 +348,7 @@ fn desired_state(program: &PolicyProgram) -> State {
                 Body::Lines(endpoint_chain_lines(&chain.policies)),
             );
         }
-        chains.insert(
-            ("filter", "reef-from-endpoint".into()),
-            Body::Lines(dispatch_lines(program, &program.egress, "-i")),
-        );
-        chains.insert(
-            ("filter", "reef-to-endpoint".into()),
-            Body::Lines(dispatch_lines(program, &program.ingress, "-o")),
-        );
+        insert_dispatch(chains, program);
         for (table, name, lines) in base_chains(family) {
             chains.insert((table, name.into()), Body::Lines(lines));
         }
@@ -519,14 +520,7 @@ impl IptablesBackend {
                 }
             }
             if !changes.interfaces.is_empty() {
-                chains.insert(
-                    ("filter", "reef-from-endpoint".into()),
-                    Body::Lines(dispatch_lines(program, &program.egress, "-i")),
-                );
-                chains.insert(
-                    ("filter", "reef-to-endpoint".into()),
-                    Body::Lines(dispatch_lines(program, &program.ingress, "-o")),
-                );
+                insert_dispatch(chains, program);
             }
         }
         next

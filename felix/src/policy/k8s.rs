@@ -323,40 +323,25 @@ pub(crate) fn compile(
     let prefix = log_prefix(&id);
     let mut chains = (None, None);
     for direction in types {
-        let specs = match direction {
-            PolicyType::Ingress => {
-                let rules: Vec<_> = ingress_rules
+        let (field, rules): (&str, Vec<RuleParts>) = match direction {
+            PolicyType::Ingress => (
+                "spec.ingress",
+                ingress_rules
                     .iter()
                     .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-                    .collect();
-                direction_rules(
-                    b,
-                    &object,
-                    "spec.ingress",
-                    namespace,
-                    &applies,
-                    direction,
-                    &rules,
-                    &prefix,
-                )
-            }
-            PolicyType::Egress => {
-                let rules: Vec<_> = egress_rules
+                    .collect(),
+            ),
+            PolicyType::Egress => (
+                "spec.egress",
+                egress_rules
                     .iter()
                     .map(|r| (r.to.as_ref(), r.ports.as_ref()))
-                    .collect();
-                direction_rules(
-                    b,
-                    &object,
-                    "spec.egress",
-                    namespace,
-                    &applies,
-                    direction,
-                    &rules,
-                    &prefix,
-                )
-            }
+                    .collect(),
+            ),
         };
+        let specs = direction_rules(
+            b, &object, field, namespace, &applies, direction, &rules, &prefix,
+        );
         let chain = b.chain(&format!("{id}/{direction:?}"), direction, specs);
         match direction {
             PolicyType::Ingress => chains.0 = Some(chain),

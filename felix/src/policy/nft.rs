@@ -654,53 +654,58 @@ impl NftBackend {
                 None => {}
             }
         }
-        if !changes.interfaces.is_empty() {
-            let endpoints = (
-                "type ifname;".to_string(),
-                program.interfaces.iter().cloned().collect::<BTreeSet<_>>(),
-            );
-            let have = written.sets.get("endpoints");
-            // Only the named interfaces can differ.
-            let mut add = Vec::new();
-            let mut remove = Vec::new();
-            for interface in &changes.interfaces {
-                let want = endpoints.1.contains(interface);
-                let had = have.is_some_and(|(_, e)| e.contains(interface));
-                if want && !had {
-                    add.push(quoted(interface));
-                } else if had && !want {
-                    remove.push(quoted(interface));
-                }
+        // Interfaces: only the named set and map elements can differ; nothing is cloned whole.
+        let mut interface_updates: Vec<(String, bool, [Option<String>; 2])> = Vec::new();
+        for interface in &changes.interfaces {
+            let want = program.interfaces.contains(interface);
+            let had = written
+                .sets
+                .get("endpoints")
+                .is_some_and(|(_, e)| e.contains(interface));
+            let element = [quoted(interface)];
+            if want && !had {
+                Batch::elements(
+                    &mut batch.create,
+                    "add",
+                    "endpoints",
+                    &element.iter().collect::<Vec<_>>(),
+                );
+            } else if had && !want {
+                Batch::elements(
+                    &mut batch.create,
+                    "delete",
+                    "endpoints",
+                    &element.iter().collect::<Vec<_>>(),
+                );
             }
-            batch.operations += add.len() + remove.len();
-            Batch::elements(
-                &mut batch.create,
-                "add",
-                "endpoints",
-                &add.iter().collect::<Vec<_>>(),
-            );
-            Batch::elements(
-                &mut batch.create,
-                "delete",
-                "endpoints",
-                &remove.iter().collect::<Vec<_>>(),
-            );
-            update.sets.insert("endpoints".into(), endpoints);
-            for (map, dispatch) in [("ingress", &program.ingress), ("egress", &program.egress)] {
-                let Some((decl, have)) = written.maps.get(map) else {
-                    continue;
-                };
-                let mut entries = have.clone();
-                for interface in &changes.interfaces {
-                    match dispatch.get(interface) {
-                        Some(chain) => entries.insert(interface.clone(), format!("goto {chain}")),
-                        None => entries.remove(interface),
-                    };
+            batch.operations += usize::from(want != had);
+            let mut verdicts: [Option<String>; 2] = Default::default();
+            for (n, (map, dispatch)) in [("ingress", &program.ingress), ("egress", &program.egress)]
+                .into_iter()
+                .enumerate()
+            {
+                let wanted = dispatch.get(interface).map(|chain| format!("goto {chain}"));
+                let current = written.maps.get(map).and_then(|(_, m)| m.get(interface));
+                if current != wanted.as_ref() {
+                    if current.is_some() {
+                        let _ = writeln!(
+                            batch.dispatch,
+                            "delete element {TABLE} {map} {{ {} }}",
+                            element[0]
+                        );
+                    }
+                    if let Some(verdict) = &wanted {
+                        let _ = writeln!(
+                            batch.dispatch,
+                            "add element {TABLE} {map} {{ {} : {verdict} }}",
+                            element[0]
+                        );
+                    }
+                    batch.operations += 1;
                 }
-                let desired = (decl.clone(), entries);
-                batch.sync_map(written.maps.get(map), map, &desired);
-                update.maps.insert(map.into(), desired);
+                verdicts[n] = wanted;
             }
+            interface_updates.push((interface.clone(), want, verdicts));
         }
         if batch.operations == 0 {
             return Ok(0);
@@ -715,8 +720,24 @@ impl NftBackend {
         match result {
             Ok(_) => {
                 written.sets.extend(update.sets);
-                written.maps.extend(update.maps);
                 written.chains.extend(update.chains);
+                for (interface, known, verdicts) in interface_updates {
+                    if let Some((_, set)) = written.sets.get_mut("endpoints") {
+                        if known {
+                            set.insert(interface.clone());
+                        } else {
+                            set.remove(&interface);
+                        }
+                    }
+                    for (map, verdict) in ["ingress", "egress"].into_iter().zip(verdicts) {
+                        if let Some((_, entries)) = written.maps.get_mut(map) {
+                            match verdict {
+                                Some(v) => entries.insert(interface.clone(), v),
+                                None => entries.remove(&interface),
+                            };
+                        }
+                    }
+                }
                 for name in removed_chains {
                     written.chains.remove(&name);
                 }
