@@ -889,3 +889,134 @@ pub(crate) fn protocol_name(protocol: u8) -> String {
         n => n.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::model::NamedPort;
+
+    fn endpoint(key: &str, last: u8, app: &str, local: bool) -> Endpoint {
+        let (ns, name) = key.split_once('/').unwrap();
+        Endpoint {
+            key: key.into(),
+            namespace: Some(ns.into()),
+            labels: Labels::from([("app".to_string(), app.to_string())]),
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))],
+            ports: vec![NamedPort {
+                name: "http".into(),
+                protocol: 6,
+                port: 8000 + u16::from(last),
+            }],
+            interface: local.then(|| format!("reef{name}")),
+            ..Endpoint::default()
+        }
+    }
+
+    fn input() -> PolicyInput {
+        let k8s: K8sNetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "http"}]}]}
+        }))
+        .unwrap();
+        let bad: NetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "bad", "namespace": "x"},
+            "spec": {"selector": "all()", "ingress": [
+                {"action": "Allow", "ipVersion": 4, "source": {"nets": ["2001:db8::/32"]}},
+                {"action": "Allow", "protocol": "TCP", "destination": {"ports": ["nosuch"]}}]}
+        }))
+        .unwrap();
+        PolicyInput {
+            endpoints: vec![
+                endpoint("x/web", 1, "web", true),
+                endpoint("x/db", 2, "db", false),
+                endpoint("y/db", 3, "db", false),
+            ],
+            namespaces: BTreeMap::from([("x".into(), Labels::new()), ("y".into(), Labels::new())]),
+            k8s_policies: vec![k8s],
+            network_policies: vec![bad],
+            ..PolicyInput::default()
+        }
+    }
+
+    fn set_with(program: &PolicyProgram, last: u8) -> Vec<&String> {
+        let net = IpNet::from(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)));
+        program
+            .sets
+            .iter()
+            .filter(|(_, s)| s.members.contains_key(&net))
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    #[test]
+    fn kubernetes_peers_are_namespaced_and_named_ports_resolve_per_pod() {
+        let program = compile(&input());
+        // The db peer set holds x/db only (same namespace), never y/db.
+        assert_eq!(set_with(&program, 2).len(), 1);
+        assert!(set_with(&program, 3).is_empty());
+        // The named port resolves on the selected web pod: 10.0.0.1 TCP 8001.
+        let ports: Vec<_> = program.port_sets.values().flat_map(|s| s.keys()).collect();
+        assert_eq!(
+            ports,
+            vec![&(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 6, 8001)]
+        );
+        // Only the local endpoint is dispatched: the Kubernetes policy (order 1000), then the Reef policy
+        // without an order (last).
+        let chain = &program.endpoint_chains[&program.ingress["reefweb"]];
+        let expected = [
+            object_name("pi", "knp/x/web/Ingress"),
+            object_name("pi", "np/x/bad/Ingress"),
+        ];
+        assert_eq!(chain.policies, expected);
+        assert_eq!(
+            program.egress.get("reefweb"),
+            None,
+            "no egress policy: allowed"
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_reported_and_fail_closed() {
+        let program = compile(&input());
+        let problems: Vec<_> = program.errors.iter().map(|e| e.problem.clone()).collect();
+        assert!(
+            problems.iter().any(
+                |p| matches!(p, PolicyProblem::BadRule { field, .. } if field == "spec.ingress[0]")
+            ),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(
+            |p| matches!(p, PolicyProblem::UnknownNamedPort { name, .. } if name == "nosuch")
+        ));
+        let bad = &program.policy_chains[&object_name("pi", "np/x/bad/Ingress")];
+        assert_eq!(
+            bad[0],
+            RuleSpec::any(Verdict::Deny),
+            "the wrong-family rule became a Deny"
+        );
+    }
+
+    #[test]
+    fn a_label_change_changes_set_members_only() {
+        let mut engine = PolicyEngine::new(input());
+        assert!(engine.take_changes().all);
+        let before = engine.program().clone();
+        engine.upsert_endpoint(endpoint("x/db", 2, "cache", false));
+        let changes = engine.take_changes();
+        assert!(
+            !changes.all && changes.interfaces.is_empty() && changes.endpoint_chains.is_empty()
+        );
+        assert_eq!(changes.sets.len(), 1);
+        assert_eq!(engine.program().policy_chains, before.policy_chains);
+        assert!(set_with(engine.program(), 2).is_empty());
+        // The same state as compiling from scratch.
+        let mut again = input();
+        again.endpoints[1] = endpoint("x/db", 2, "cache", false);
+        assert_eq!(engine.program(), &compile(&again));
+    }
+}
