@@ -14,8 +14,8 @@ use std::time::Duration;
 use policy_support::{Cluster, INTERNET, NODE_A_UPLINK, PodSpec, Proto};
 use reef_crds::{GlobalNetworkPolicy, IPPool, NetworkPolicy};
 use reef_felix::policy::{
-    BackendKind, K8sNetworkPolicy, NamedPort, PolicyDataplane, PolicyEngine, PolicyInput,
-    PolicyProblem, Runner,
+    BackendKind, Changes, K8sNetworkPolicy, NamedPort, PolicyDataplane, PolicyEngine, PolicyInput,
+    PolicyProblem, Retry, Runner,
 };
 use serde_json::{Value, json};
 
@@ -657,8 +657,11 @@ fn drift_is_repaired(cluster: &Cluster, nodes: &mut Nodes, kind: BackendKind) {
 
 fn resync_repairs(cluster: &Cluster, nodes: &mut Nodes, case: &Case) {
     let program = nodes.engines[0].program();
+    let counters = nodes.dataplanes[0].counters();
+    let repairs = counters.drift_repairs.load(Ordering::Relaxed);
     let repaired = nodes.dataplanes[0].resync(program).unwrap();
     assert!(repaired > 0, "resync found no drift");
+    assert_eq!(counters.drift_repairs.load(Ordering::Relaxed), repairs + 1);
     assert_eq!(
         nodes.dataplanes[0].resync(program).unwrap(),
         0,
@@ -739,4 +742,23 @@ fn nat_outgoing_masquerades_only_leaving_traffic() {
         Some(x_a.ip.to_string()),
         "without natOutgoing the pod address leaves"
     );
+}
+
+/// A write that cannot succeed is retried with backoff, counted, and reported.
+#[test]
+fn failed_writes_are_retried_and_counted() {
+    let runner = Runner::in_netns("reef-policy-no-such-namespace");
+    let mut dataplane = PolicyDataplane::new(BackendKind::Nftables, runner).with_retry(Retry {
+        attempts: 3,
+        first_backoff: Duration::from_millis(1),
+    });
+    let engine = PolicyEngine::new(PolicyInput::default());
+    let all = Changes {
+        all: true,
+        ..Changes::default()
+    };
+    assert!(dataplane.apply(engine.program(), &all).is_err());
+    let counters = dataplane.counters();
+    assert_eq!(counters.write_failures.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.writes.load(Ordering::Relaxed), 0);
 }
