@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use reef_felix::policy::{
-    BackendKind, Endpoint, K8sNetworkPolicy, PolicyDataplane, PolicyEngine, PolicyInput, Runner, nft::NftBackend,
+    BackendKind, Endpoint, K8sNetworkPolicy, PolicyDataplane, PolicyEngine, PolicyInput, Runner,
+    nft::NftBackend,
 };
 use reef_lab::{Netns, require_root};
 use serde_json::json;
@@ -61,9 +62,16 @@ fn endpoint(i: usize, local: bool, app: usize) -> Endpoint {
 }
 
 fn input(args: &Args) -> Result<PolicyInput> {
-    let endpoints = (0..args.endpoints).map(|i| endpoint(i, i < args.local, i % APPS)).collect();
+    let endpoints = (0..args.endpoints)
+        .map(|i| endpoint(i, i < args.local, i % APPS))
+        .collect();
     let namespaces = (0..NAMESPACES)
-        .map(|n| (format!("ns{n}"), BTreeMap::from([("team".to_string(), format!("team{}", n % 10))])))
+        .map(|n| {
+            (
+                format!("ns{n}"),
+                BTreeMap::from([("team".to_string(), format!("team{}", n % 10))]),
+            )
+        })
         .collect();
     let mut k8s = Vec::new();
     let mut reef = Vec::new();
@@ -112,10 +120,16 @@ fn inside<T>(ns: &Netns, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let original = std::fs::File::open("/proc/self/ns/net")?;
     let target = std::fs::File::open(format!("/run/netns/{}", ns.name()))?;
     // SAFETY: setns(2) with valid namespace fds; the benchmark is single-threaded here.
-    ensure!(unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } == 0, "setns");
+    ensure!(
+        unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
+        "setns"
+    );
     let result = f();
     // SAFETY: as above, back to where we started.
-    ensure!(unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) } == 0, "setns back");
+    ensure!(
+        unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
+        "setns back"
+    );
     result
 }
 
@@ -148,7 +162,11 @@ fn run_backend(kind: BackendKind, input: &PolicyInput, args: &Args) -> Result<Fi
     }
     dataplane.remove()?;
     times.sort();
-    Ok(Figures { full, write_ops, changes: times })
+    Ok(Figures {
+        full,
+        write_ops,
+        changes: times,
+    })
 }
 
 fn main() -> Result<()> {
@@ -190,7 +208,11 @@ fn main() -> Result<()> {
                 other => anyhow::bail!("unknown backend {other}"),
             };
             let f = run_backend(kind, &input, &args)?;
-            let p50 = f.changes.get(f.changes.len() / 2).copied().unwrap_or_default();
+            let p50 = f
+                .changes
+                .get(f.changes.len() / 2)
+                .copied()
+                .unwrap_or_default();
             let max = f.changes.last().copied().unwrap_or_default();
             println!(
                 "{backend:>8}: full program {} ({} operations, {:.2}x the anchor); one label change p50 {} max {} ({} changes)",
