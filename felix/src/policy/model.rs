@@ -410,3 +410,47 @@ impl Changes {
             && self.interfaces.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_come_from_workload_endpoints() {
+        let wep: WorkloadEndpoint = serde_json::from_value(serde_json::json!({
+            "apiVersion": "reef.dev/v1", "kind": "WorkloadEndpoint",
+            "metadata": {"name": "node-a-k8s-web-eth0", "namespace": "x", "labels": {"app": "web"}},
+            "spec": {"node": "node-a", "interfaceName": "reef0123456789a", "ipNetworks": ["10.244.1.5/32", "fd00::5"],
+                     "serviceAccountName": "sa", "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]}
+        }))
+        .unwrap();
+        let endpoint = Endpoint::from_workload(&wep, true).unwrap();
+        assert_eq!(endpoint.key, "x/node-a-k8s-web-eth0");
+        assert_eq!(
+            endpoint.addresses,
+            vec![
+                "10.244.1.5".parse::<IpAddr>().unwrap(),
+                "fd00::5".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            endpoint.ports,
+            vec![NamedPort {
+                name: "http".into(),
+                protocol: 6,
+                port: 8080
+            }]
+        );
+        assert_eq!(endpoint.interface.as_deref(), Some("reef0123456789a"));
+        assert_eq!(
+            Endpoint::from_workload(&wep, false).unwrap().interface,
+            None
+        );
+        let mut bad = wep.clone();
+        bad.spec.ip_networks.push("nonsense".into());
+        assert!(matches!(
+            Endpoint::from_workload(&bad, true),
+            Err(EndpointError::BadAddress { .. })
+        ));
+    }
+}
