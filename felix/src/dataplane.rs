@@ -588,7 +588,7 @@ mod tests {
             RouteKind::Unicast { next_hops } if next_hops.len() == 2
         ));
         let (none, unresolved) = kernel_routes(&desired, &BTreeMap::new());
-        assert_eq!((none.len(), unresolved), (2, 3));
+        assert_eq!((none.len(), unresolved), (2, 4));
     }
 
     #[test]
