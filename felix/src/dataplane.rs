@@ -307,7 +307,8 @@ impl Dataplane {
     }
 
     /// Runs until `models` is closed: applies each model received (the latest, when several
-    /// queued up) and resyncs when due. Errors are logged and retried.
+    /// queued up) and resyncs when due. Errors are logged and retried. Blocking: give it a thread
+    /// (or `spawn_blocking`) and the receiving end of a bounded `sync_channel`.
     pub fn run(mut self, models: Receiver<Model>) {
         loop {
             let wait = self.next_resync.saturating_duration_since(Instant::now());
