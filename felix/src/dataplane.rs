@@ -232,6 +232,8 @@ pub struct Dataplane {
     socket: NetlinkSocket,
     model: Option<Model>,
     unknown_since: BTreeMap<RouteKey, Instant>,
+    /// Sysctls known to hold their value: an apply checks only the others, a resync all.
+    confirmed_sysctls: BTreeMap<String, String>,
     metrics: DataplaneMetrics,
     backoff: Option<Duration>,
     next_resync: Instant,
@@ -255,6 +257,7 @@ impl Dataplane {
             socket,
             model: None,
             unknown_since: BTreeMap::new(),
+            confirmed_sysctls: BTreeMap::new(),
             metrics: DataplaneMetrics::default(),
             backoff: None,
         })
@@ -273,14 +276,19 @@ impl Dataplane {
     /// Programs `model`: computes the desired state and syncs the kernel to it.
     pub fn apply(&mut self, model: Model) -> Result<SyncReport, FibError> {
         self.model = Some(model);
-        self.resync()
+        self.sync_and_schedule(false)
     }
 
     /// Reads the kernel again and repairs whatever differs from the last model's desired state
     /// (drift, failed writes, expired grace periods). Before any model: nothing.
     pub fn resync(&mut self) -> Result<SyncReport, FibError> {
+        self.sync_and_schedule(true)
+    }
+
+    /// One sync (`full`: every sysctl checked, not only new ones) and the next resync's time.
+    fn sync_and_schedule(&mut self, full: bool) -> Result<SyncReport, FibError> {
         self.metrics.syncs.inc();
-        let result = self.sync();
+        let result = self.sync(full);
         let now = Instant::now();
         let (retry, grace_end) = match &result {
             Ok((report, grace_end)) => (!report.failures.is_empty(), *grace_end),
@@ -334,7 +342,7 @@ impl Dataplane {
         }
     }
 
-    fn sync(&mut self) -> Result<(SyncReport, Option<Instant>), FibError> {
+    fn sync(&mut self, full: bool) -> Result<(SyncReport, Option<Instant>), FibError> {
         let mut report = SyncReport::default();
         let Some(model) = &self.model else {
             return Ok((report, None));
@@ -369,19 +377,39 @@ impl Dataplane {
             .collect();
         let grace_end = self.sync_routes(&desired, &ifindex, &links, &mut report)?;
 
-        let sysctls = sysctl::apply(self.config.netns.as_deref(), &desired.sysctls)?;
-        self.metrics.count(
-            "sysctl",
-            sysctls.written + sysctls.failures.len(),
-            sysctls.failures.len(),
-        );
-        report.writes += sysctls.written + sysctls.failures.len();
-        report.failures.extend(
-            sysctls
-                .failures
-                .into_iter()
-                .map(|(path, error)| ("sysctl", path, error)),
-        );
+        let to_check: BTreeMap<String, String> = desired
+            .sysctls
+            .iter()
+            .filter(|(path, value)| full || self.confirmed_sysctls.get(*path) != Some(*value))
+            .map(|(path, value)| (path.clone(), value.clone()))
+            .collect();
+        if !to_check.is_empty() {
+            let sysctls = sysctl::apply(self.config.netns.as_deref(), &to_check)?;
+            let written = sysctls.written + sysctls.failures.len();
+            self.metrics
+                .count("sysctl", written, sysctls.failures.len());
+            report.writes += written;
+            let unconfirmed: BTreeSet<&String> = sysctls
+                .missing
+                .iter()
+                .chain(sysctls.failures.iter().map(|(path, _)| path))
+                .collect();
+            self.confirmed_sysctls = desired
+                .sysctls
+                .iter()
+                .filter(|(path, _)| !unconfirmed.contains(path))
+                .map(|(path, value)| (path.clone(), value.clone()))
+                .collect();
+            report.failures.extend(
+                sysctls
+                    .failures
+                    .into_iter()
+                    .map(|(path, error)| ("sysctl", path, error)),
+            );
+        }
+        // An endpoint that goes and comes back (a new veth of the same name) is checked again.
+        self.confirmed_sysctls
+            .retain(|path, _| desired.sysctls.contains_key(path));
         Ok((report, grace_end))
     }
 

@@ -12,7 +12,7 @@ use crate::netlink::in_netns;
 pub struct SysctlReport {
     pub written: usize,
     /// Paths that do not exist (an interface not there yet): skipped, not failed.
-    pub missing: usize,
+    pub missing: Vec<String>,
     /// (path, error) of the writes that failed.
     pub failures: Vec<(String, String)>,
 }
@@ -32,7 +32,9 @@ pub fn apply(
                     Ok(()) => report.written += 1,
                     Err(e) => report.failures.push((path.clone(), e.to_string())),
                 },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.missing += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    report.missing.push(path.clone())
+                }
                 Err(e) => report.failures.push((path.clone(), e.to_string())),
             }
         }
