@@ -43,15 +43,14 @@ pub enum InvalidRoute {
 /// One decoded netlink message of interest to the programmer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// A route from a dump (any owner: filter with [`decode_route`]). `interrupted`: the table
-    /// changed while the kernel was dumping it (`NLM_F_DUMP_INTR`), so the dump may be inconsistent.
-    Route {
-        message: RouteMessage,
+    /// A route, link, address or neighbour from a dump or a get (routes of any owner: filter
+    /// with [`decode_route`]). `interrupted`: the table changed while the kernel was dumping it
+    /// (`NLM_F_DUMP_INTR`), so the dump may be inconsistent.
+    Message {
+        message: RouteNetlinkMessage,
         sequence: u32,
         interrupted: bool,
     },
-    /// A link (answer to [`encode_get_link`]).
-    Link { ifindex: u32 },
     /// The end of a dump; `errno` non-zero if the dump failed (e.g. `ENOENT`: no such table).
     Done {
         sequence: u32,
@@ -195,7 +194,7 @@ pub fn delete_message(dst: IpNet, table: u32) -> RouteMessage {
 }
 
 /// Appends one netlink message to `out` (4-byte aligned, as netlink requires).
-fn append(
+pub(crate) fn append(
     out: &mut Vec<u8>,
     flags: u16,
     sequence: u32,
@@ -305,13 +304,10 @@ fn decode_reply(message: &[u8]) -> Result<Reply, String> {
         NetlinkMessage::<RouteNetlinkMessage>::deserialize(message).map_err(|e| e.to_string())?;
     let sequence = parsed.header.sequence_number;
     Ok(match parsed.payload {
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(message)) => Reply::Route {
+        NetlinkPayload::InnerMessage(message) => Reply::Message {
             message,
             sequence,
             interrupted,
-        },
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Reply::Link {
-            ifindex: link.header.index,
         },
         NetlinkPayload::Done(done) => Reply::Done {
             sequence,
@@ -467,7 +463,11 @@ mod tests {
         encode_op(&FibOp::Replace(route.clone()), 7, &mut out).unwrap();
         let replies = decode_replies(&out).unwrap();
         assert_eq!(replies.len(), 1);
-        let Reply::Route { message, .. } = &replies[0] else {
+        let Reply::Message {
+            message: RouteNetlinkMessage::NewRoute(message),
+            ..
+        } = &replies[0]
+        else {
             panic!("not a route: {replies:?}")
         };
         decode_route(message).unwrap()
