@@ -14,7 +14,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::wire::{AfiSafi, AfiSafiSet, CodecContext, NextHop, Nlri, PathAttributes, Update};
+use crate::wire::{
+    AfiSafi, AfiSafiSet, CodecContext, ErrorAction, NextHop, Nlri, PathAttributes, Update,
+};
 
 /// FxHash-style multiplicative hasher for route keys: keys are small integers and a full table is
 /// hashed a million times per load, where SipHash would cost several times more. Peers are configured,
@@ -225,8 +227,106 @@ impl Route {
     }
 }
 
+/// Routes listed as ignored per peer: a peer that sends many bad routes cannot grow the list further
+/// (they are still counted in [`AdjRibIn::ignored_total`]).
+pub const IGNORED_LIST_LIMIT: usize = 512;
+
+/// Why a received route is not used although the UPDATE was accepted.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum IgnoreReason {
+    /// RFC 7606 treat-as-withdraw: the UPDATE carried a malformed attribute (the errors, as text).
+    Malformed(String),
+    /// RFC 4271 §6.3: the next hop is not a valid host address (0.0.0.0, multicast, class E, or the
+    /// IPv6 unspecified address).
+    NextHopNotHost(IpAddr),
+    /// A loopback next hop from a peer that is not on this host.
+    NextHopLoopback(IpAddr),
+    /// RFC 4271 §6.3: "It MUST NOT be the IP address of the receiving speaker."
+    NextHopOwnAddress(IpAddr),
+    /// RFC 4271 §6.3: on single-hop eBGP the next hop is neither the sender's address nor on a subnet
+    /// we share with it.
+    NextHopNotOnSharedSubnet(IpAddr),
+    /// RFC 4760 §7: MP_REACH_NLRI of a family that was not negotiated.
+    FamilyNotNegotiated(AfiSafi),
+}
+
+impl std::fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IgnoreReason::Malformed(errors) => write!(f, "malformed UPDATE: {errors}"),
+            IgnoreReason::NextHopNotHost(nh) => {
+                write!(f, "next hop {nh} is not a valid host address")
+            }
+            IgnoreReason::NextHopLoopback(nh) => {
+                write!(f, "next hop {nh} is a loopback address of a remote peer")
+            }
+            IgnoreReason::NextHopOwnAddress(nh) => write!(f, "next hop {nh} is our own address"),
+            IgnoreReason::NextHopNotOnSharedSubnet(nh) => write!(
+                f,
+                "next hop {nh} is neither the peer's address nor on a subnet shared with it \
+                 (single-hop eBGP)"
+            ),
+            IgnoreReason::FamilyNotNegotiated(family) => {
+                write!(f, "address family {family} was not negotiated")
+            }
+        }
+    }
+}
+
+/// A received route that is not in the table, and why.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct IgnoredRoute {
+    pub prefix: IpNet,
+    pub path_id: Option<u32>,
+    pub next_hop: Option<IpAddr>,
+    pub reason: IgnoreReason,
+}
+
+/// What the session tells the Adj-RIB-In to check received routes against (RFC 4271 §6.3 semantic
+/// NEXT_HOP checks, RFC 4760 §7 families). Without one (`AdjRibIn::new`), routes are not checked.
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+pub struct ImportCheck {
+    /// The peer's address on the session.
+    pub peer: Option<IpAddr>,
+    /// Our addresses: the session's local address and the next hops we send.
+    pub own: Vec<IpAddr>,
+    /// Single-hop eBGP: the subnets of our interface that holds the session's local address (an IPv4
+    /// next hop must be the peer or in one of them). `None`: not single-hop eBGP, no subnet check.
+    pub shared_subnets: Option<Vec<IpNet>>,
+    /// Negotiated families; MP_REACH_NLRI of others is ignored.
+    pub families: AfiSafiSet,
+}
+
+impl ImportCheck {
+    /// Why a route with this next hop is not usable, if it is not.
+    pub fn next_hop_problem(&self, next_hop: IpAddr) -> Option<IgnoreReason> {
+        let not_host = match next_hop {
+            IpAddr::V4(v4) => v4.is_unspecified() || v4.is_multicast() || v4.octets()[0] >= 240,
+            IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+        };
+        // A peer on this host (its address is a loopback one) may use loopback next hops.
+        let remote = self.peer.is_some_and(|peer| !peer.is_loopback());
+        if not_host {
+            Some(IgnoreReason::NextHopNotHost(next_hop))
+        } else if next_hop.is_loopback() && remote {
+            Some(IgnoreReason::NextHopLoopback(next_hop))
+        } else if self.own.contains(&next_hop) {
+            Some(IgnoreReason::NextHopOwnAddress(next_hop))
+        } else if let (IpAddr::V4(_), Some(subnets)) = (next_hop, &self.shared_subnets)
+            && Some(next_hop) != self.peer
+            && !subnets.iter().any(|subnet| subnet.contains(&next_hop))
+        {
+            // IPv6 next hops are not checked against subnets: FRR sends a link-local address as the
+            // global one on unnumbered sessions.
+            Some(IgnoreReason::NextHopNotOnSharedSubnet(next_hop))
+        } else {
+            None
+        }
+    }
+}
+
 /// What one UPDATE did to the table.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
 pub struct ApplyStats {
     pub announced: usize,
     pub withdrawn: usize,
@@ -236,6 +336,11 @@ pub struct ApplyStats {
     pub end_of_rib: Option<AfiSafi>,
     /// Announcements dropped because their AS_PATH holds our AS.
     pub looped: usize,
+    /// Routes ignored by error handling or the import check (see [`IgnoredRoute`]).
+    pub ignored: usize,
+    /// Ignored routes listed for the first time with this reason (the ones to log: a peer repeating
+    /// a bad route is logged once per prefix and reason).
+    pub newly_ignored: Vec<IgnoredRoute>,
 }
 
 /// One peer's Adj-RIB-In.
@@ -252,6 +357,13 @@ pub struct AdjRibIn {
     /// How many times `local_as` may appear before a route is a loop (Calico's
     /// `numAllowedLocalASNumbers`).
     allowed_own_as: u8,
+    /// The session's import check (`None`: routes are not checked).
+    check: Option<ImportCheck>,
+    /// Routes ignored by error handling or the import check, until the peer withdraws or replaces
+    /// them; at most [`IGNORED_LIST_LIMIT`].
+    ignored: std::collections::BTreeMap<(IpNet, u32), IgnoredRoute>,
+    /// Routes ignored since the table was made (a metric: not reset with the session).
+    ignored_total: u64,
 }
 
 fn key_v4(net: Ipv4Net, path_id: Option<u32>) -> KeyV4 {
@@ -309,13 +421,71 @@ impl AdjRibIn {
         self.allowed_own_as = times;
     }
 
-    /// Removes every route (the session went down); the loop check stays.
+    /// Removes every route and the ignored list (the session went down); the loop check and the
+    /// ignored count stay. The next session sets its own import check.
     pub fn clear(&mut self) {
         *self = AdjRibIn {
             local_as: self.local_as,
             allowed_own_as: self.allowed_own_as,
+            ignored_total: self.ignored_total,
             ..AdjRibIn::default()
         };
+    }
+
+    /// Sets the session's import check (RFC 4271 §6.3 NEXT_HOP semantics, negotiated families).
+    pub fn set_import_check(&mut self, check: ImportCheck) {
+        self.check = Some(check);
+    }
+
+    /// Received routes that are not in the table and why, sorted by prefix.
+    pub fn ignored(&self) -> impl Iterator<Item = &IgnoredRoute> {
+        self.ignored.values()
+    }
+
+    /// Routes ignored since the table was made.
+    pub fn ignored_total(&self) -> u64 {
+        self.ignored_total
+    }
+
+    /// Counts an ignored route and lists it if there is room (in `stats.newly_ignored` when new).
+    fn ignore(
+        &mut self,
+        nlri: &Nlri,
+        next_hop: Option<IpAddr>,
+        reason: IgnoreReason,
+        stats: &mut ApplyStats,
+    ) {
+        self.ignored_total += 1;
+        stats.ignored += 1;
+        let key = (nlri.prefix, nlri.path_id.unwrap_or(0));
+        if self
+            .ignored
+            .get(&key)
+            .is_some_and(|known| known.reason == reason)
+        {
+            return;
+        }
+        if self.ignored.len() >= IGNORED_LIST_LIMIT && !self.ignored.contains_key(&key) {
+            return;
+        }
+        let route = IgnoredRoute {
+            prefix: nlri.prefix,
+            path_id: nlri.path_id,
+            next_hop,
+            reason,
+        };
+        self.ignored.insert(key, route.clone());
+        stats.newly_ignored.push(route);
+    }
+
+    /// Why the routes of this announcement (the NLRI field's with `NEXT_HOP`, or MP_REACH_NLRI's) are
+    /// not usable on this session, if they are not.
+    fn import_problem(&self, family: AfiSafi, next_hop: Option<IpAddr>) -> Option<IgnoreReason> {
+        let check = self.check.as_ref()?;
+        if family != AfiSafi::IPV4_UNICAST && !check.families.contains(family) {
+            return Some(IgnoreReason::FamilyNotNegotiated(family));
+        }
+        check.next_hop_problem(next_hop?)
     }
 
     /// Whether the UPDATE's AS path holds our AS. From a 2-octet speaker our 4-octet AS shows as
@@ -395,9 +565,23 @@ impl AdjRibIn {
                 stats.withdrawn += 1;
                 record(nlri.prefix, None);
             }
+            self.ignored
+                .remove(&(nlri.prefix, nlri.path_id.unwrap_or(0)));
         }
         // The codec has already moved the NLRI of a treat-as-withdraw UPDATE to the withdrawals.
         stats.treated_as_withdraw = update.treat_as_withdraw;
+        if update.treat_as_withdraw {
+            let errors: Vec<String> = update
+                .errors
+                .iter()
+                .filter(|e| e.action == ErrorAction::TreatAsWithdraw)
+                .map(|e| e.to_string())
+                .collect();
+            let reason = IgnoreReason::Malformed(errors.join("; "));
+            for nlri in &update.withdrawn_by_error {
+                self.ignore(nlri, None, reason.clone(), &mut stats);
+            }
+        }
         if self.is_loop(update) {
             // A looped announcement still replaces what the peer sent before for these prefixes.
             let mp_nlri = update.mp_reach.iter().flat_map(|mp| mp.nlri.iter());
@@ -412,24 +596,66 @@ impl AdjRibIn {
         }
         if !update.nlri.is_empty() {
             let next_hop = update.attributes.next_hop.map(NextHop::V4);
-            let id = self.attrs.intern(&update.raw_attributes, next_hop);
-            for nlri in &update.nlri {
-                self.insert(nlri, id);
-                record(nlri.prefix, Some(id));
-            }
-            stats.announced += update.nlri.len();
-            self.attrs.collect_unused(id);
+            self.announce(
+                &update.nlri,
+                &update.raw_attributes,
+                AfiSafi::IPV4_UNICAST,
+                next_hop,
+                &mut stats,
+                &mut record,
+            );
         }
         if let Some(mp) = update.mp_reach.as_ref().filter(|mp| !mp.nlri.is_empty()) {
-            let id = self.attrs.intern(&update.raw_attributes, Some(mp.next_hop));
-            for nlri in &mp.nlri {
-                self.insert(nlri, id);
-                record(nlri.prefix, Some(id));
-            }
-            stats.announced += mp.nlri.len();
-            self.attrs.collect_unused(id);
+            self.announce(
+                &mp.nlri,
+                &update.raw_attributes,
+                mp.afi_safi,
+                Some(mp.next_hop),
+                &mut stats,
+                &mut record,
+            );
         }
         stats
+    }
+
+    /// Inserts announced routes sharing one attribute set, or — when the import check finds them
+    /// unusable — ignores them: RFC 4271 §6.3 "If the NEXT_HOP attribute is semantically incorrect, the
+    /// error SHOULD be logged, and the route SHOULD be ignored." The announcement still replaces what
+    /// the peer sent before for these prefixes (it is no longer the peer's route).
+    fn announce(
+        &mut self,
+        nlri: &[Nlri],
+        raw: &Bytes,
+        family: AfiSafi,
+        next_hop: Option<NextHop>,
+        stats: &mut ApplyStats,
+        record: &mut impl FnMut(IpNet, Option<AttrId>),
+    ) {
+        let address = next_hop.map(|nh| match nh {
+            NextHop::V4(v4) => IpAddr::V4(v4),
+            NextHop::V6 { global, .. } => IpAddr::V6(global),
+        });
+        if let Some(reason) = self.import_problem(family, address) {
+            for route in nlri {
+                if self.remove(route) {
+                    stats.withdrawn += 1;
+                    record(route.prefix, None);
+                }
+                self.ignore(route, address, reason.clone(), stats);
+            }
+            return;
+        }
+        let id = self.attrs.intern(raw, next_hop);
+        for route in nlri {
+            self.insert(route, id);
+            record(route.prefix, Some(id));
+            if !self.ignored.is_empty() {
+                self.ignored
+                    .remove(&(route.prefix, route.path_id.unwrap_or(0)));
+            }
+        }
+        stats.announced += nlri.len();
+        self.attrs.collect_unused(id);
     }
 
     fn insert(&mut self, nlri: &Nlri, id: AttrId) {
