@@ -946,6 +946,230 @@ mod tests {
         assert!(rib.is_empty() && rib.attribute_sets() == 0 && rib.end_of_rib().is_empty());
     }
 
+    /// One UPDATE announcing `prefixes` with MED 1 via `next_hop`, as received.
+    fn announce_via(next_hop: NextHop, prefixes: &[&str]) -> Update {
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let mut updates = Update::announce(&attrs(1), next_hop, &nlri(prefixes), &ctx).unwrap();
+        received(updates.remove(0))
+    }
+
+    fn v4(text: &str) -> NextHop {
+        NextHop::V4(text.parse().unwrap())
+    }
+
+    /// A single-hop eBGP session 198.51.100.1 (us) - 198.51.100.2 (peer) on 198.51.100.0/24.
+    fn checked_rib() -> AdjRibIn {
+        let mut rib = rib();
+        rib.set_import_check(ImportCheck {
+            peer: Some("198.51.100.2".parse().unwrap()),
+            own: vec![
+                "198.51.100.1".parse().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+            ],
+            shared_subnets: Some(vec!["198.51.100.0/24".parse().unwrap()]),
+            families: [AfiSafi::IPV4_UNICAST].into_iter().collect(),
+        });
+        rib
+    }
+
+    fn reasons(rib: &AdjRibIn) -> Vec<(String, String)> {
+        rib.ignored()
+            .map(|route| (route.prefix.to_string(), route.reason.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn next_hop_semantics_rfc4271_6_3() {
+        let check = checked_rib().check.unwrap();
+        let problem = |nh: &str| check.next_hop_problem(nh.parse().unwrap());
+        // The peer itself and a third party on the shared subnet are fine.
+        assert_eq!(problem("198.51.100.2"), None);
+        assert_eq!(problem("198.51.100.77"), None);
+        assert_eq!(
+            problem("2001:db8::2"),
+            None,
+            "IPv6 is not checked against subnets"
+        );
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            problem("198.51.100.1"),
+            Some(IgnoreReason::NextHopOwnAddress(ip("198.51.100.1")))
+        );
+        assert_eq!(
+            problem("2001:db8::1"),
+            Some(IgnoreReason::NextHopOwnAddress(ip("2001:db8::1")))
+        );
+        assert_eq!(
+            problem("203.0.113.9"),
+            Some(IgnoreReason::NextHopNotOnSharedSubnet(ip("203.0.113.9")))
+        );
+        for not_host in [
+            "0.0.0.0",
+            "224.0.0.5",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "ff02::1",
+        ] {
+            assert_eq!(
+                problem(not_host),
+                Some(IgnoreReason::NextHopNotHost(ip(not_host))),
+                "{not_host}"
+            );
+        }
+        for loopback in ["127.0.0.1", "::1"] {
+            assert_eq!(
+                problem(loopback),
+                Some(IgnoreReason::NextHopLoopback(ip(loopback)))
+            );
+        }
+        // Multihop eBGP and iBGP: no subnet check. A peer on this host may use loopback next hops.
+        let multihop = ImportCheck {
+            shared_subnets: None,
+            ..check.clone()
+        };
+        assert_eq!(multihop.next_hop_problem(ip("203.0.113.9")), None);
+        let local_peer = ImportCheck {
+            peer: Some(ip("127.0.0.2")),
+            shared_subnets: None,
+            ..check
+        };
+        assert_eq!(local_peer.next_hop_problem(ip("127.0.0.1")), None);
+    }
+
+    #[test]
+    fn ignored_routes_replace_the_earlier_route_and_are_listed_until_fixed() {
+        let mut rib = checked_rib();
+        rib.apply(&announce_via(
+            v4("198.51.100.2"),
+            &["10.0.0.0/24", "10.0.1.0/24"],
+        ));
+        assert_eq!(rib.len(), 2);
+
+        // Our own address as next hop: not installed, the earlier route of the prefix is gone.
+        let mut changes = Vec::new();
+        let stats = rib.apply_with(
+            &announce_via(v4("198.51.100.1"), &["10.0.0.0/24"]),
+            |p, set| changes.push((p, set.is_some())),
+        );
+        assert_eq!((stats.announced, stats.withdrawn, stats.ignored), (0, 1, 1));
+        assert_eq!(changes, [("10.0.0.0/24".parse().unwrap(), false)]);
+        assert!(rib.get("10.0.0.0/24".parse().unwrap()).is_none());
+        assert_eq!(
+            reasons(&rib),
+            [(
+                "10.0.0.0/24".to_string(),
+                "next hop 198.51.100.1 is our own address".to_string()
+            )]
+        );
+        assert_eq!(stats.newly_ignored.len(), 1);
+        // The same again: counted, not listed (or logged) twice.
+        let stats = rib.apply(&announce_via(v4("198.51.100.1"), &["10.0.0.0/24"]));
+        assert_eq!((stats.ignored, stats.newly_ignored.len()), (1, 0));
+        assert_eq!(rib.ignored_total(), 2);
+        // Off the shared subnet: a new reason is listed (and logged) again.
+        let stats = rib.apply(&announce_via(v4("203.0.113.9"), &["10.0.0.0/24"]));
+        assert_eq!(stats.newly_ignored.len(), 1);
+        assert!(
+            reasons(&rib)[0].1.contains("nor on a subnet shared"),
+            "{:?}",
+            reasons(&rib)
+        );
+
+        // A usable announcement takes the prefix off the list; so does a withdrawal.
+        rib.apply(&announce_via(v4("198.51.100.2"), &["10.0.0.0/24"]));
+        assert!(rib.get("10.0.0.0/24".parse().unwrap()).is_some());
+        assert_eq!(rib.ignored().count(), 0);
+        rib.apply(&announce_via(v4("0.0.0.1"), &["10.0.5.0/24"]));
+        assert_eq!(rib.ignored().count(), 1);
+        let withdraw = received(
+            Update::withdraw(&nlri(&["10.0.5.0/24"]), &CodecContext::default())
+                .unwrap()
+                .remove(0),
+        );
+        rib.apply(&withdraw);
+        assert_eq!(rib.ignored().count(), 0);
+        // A session reset empties the list but keeps the count (a metric).
+        rib.apply(&announce_via(v4("198.51.100.1"), &["10.0.6.0/24"]));
+        rib.clear();
+        assert_eq!((rib.ignored().count(), rib.ignored_total()), (0, 5));
+    }
+
+    #[test]
+    fn mp_reach_of_a_family_not_negotiated_is_ignored() {
+        let mut rib = checked_rib();
+        let next_hop = NextHop::V6 {
+            global: "2001:db8::2".parse().unwrap(),
+            link_local: None,
+        };
+        let stats = rib.apply(&announce_via(next_hop, &["2001:db8:5::/48"]));
+        assert_eq!((stats.announced, stats.ignored), (0, 1));
+        assert_eq!(
+            reasons(&rib),
+            [(
+                "2001:db8:5::/48".to_string(),
+                "address family IPv6 unicast was not negotiated".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn treat_as_withdraw_is_listed_with_the_error() {
+        let mut rib = checked_rib();
+        rib.apply(&announce_via(v4("198.51.100.2"), &["10.0.0.0/24"]));
+        // ORIGIN, AS_PATH [65001 0], NEXT_HOP 198.51.100.2, NLRI 10.0.0.0/24 (RFC 7607).
+        let attrs = [
+            0x40, 1, 1, 0, 0x40, 2, 10, 2, 2, 0, 0, 0xfd, 0xe9, 0, 0, 0, 0, 0x40, 3, 4, 198, 51,
+            100, 2,
+        ];
+        let mut message = vec![0xff; 16];
+        message.extend_from_slice(
+            &u16::try_from(19 + 4 + attrs.len() + 4)
+                .unwrap()
+                .to_be_bytes(),
+        );
+        message.extend_from_slice(&[2, 0, 0, 0, attrs.len() as u8]);
+        message.extend_from_slice(&attrs);
+        message.extend_from_slice(&[24, 10, 0, 0]);
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let Ok(Message::Update(update)) = decode(&message, &ctx) else {
+            panic!("not an UPDATE");
+        };
+        let stats = rib.apply(&update);
+        assert!(stats.treated_as_withdraw);
+        assert_eq!((stats.withdrawn, stats.ignored), (1, 1));
+        assert!(rib.is_empty());
+        let listed = reasons(&rib);
+        assert_eq!(listed[0].0, "10.0.0.0/24");
+        assert!(
+            listed[0].1.starts_with(
+                "malformed UPDATE: malformed AS_PATH (attribute type 2; treat-as-withdraw)"
+            ),
+            "{listed:?}"
+        );
+    }
+
+    #[test]
+    fn the_ignored_list_is_bounded() {
+        let mut rib = checked_rib();
+        let prefixes: Vec<String> = (0..IGNORED_LIST_LIMIT + 100)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect();
+        for chunk in prefixes.chunks(200) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            rib.apply(&announce_via(v4("198.51.100.1"), &chunk));
+        }
+        assert_eq!(rib.ignored().count(), IGNORED_LIST_LIMIT);
+        assert_eq!(rib.ignored_total(), (IGNORED_LIST_LIMIT + 100) as u64);
+        assert!(rib.is_empty());
+    }
+
     #[test]
     fn routes_are_listed_sorted() {
         let mut rib = rib();
