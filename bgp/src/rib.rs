@@ -248,6 +248,9 @@ pub enum IgnoreReason {
     NextHopNotOnSharedSubnet(IpAddr),
     /// RFC 4760 §7: MP_REACH_NLRI of a family that was not negotiated.
     FamilyNotNegotiated(AfiSafi),
+    /// RFC 4271 §6.3: from an external peer, the leftmost AS of the AS_PATH is not the peer's AS
+    /// (`None`: the path is empty or starts with an AS_SET).
+    FirstAsNotPeer(Option<u32>),
 }
 
 impl std::fmt::Display for IgnoreReason {
@@ -268,6 +271,15 @@ impl std::fmt::Display for IgnoreReason {
             ),
             IgnoreReason::FamilyNotNegotiated(family) => {
                 write!(f, "address family {family} was not negotiated")
+            }
+            IgnoreReason::FirstAsNotPeer(Some(asn)) => {
+                write!(
+                    f,
+                    "AS_PATH starts with AS {asn}, not the external peer's AS"
+                )
+            }
+            IgnoreReason::FirstAsNotPeer(None) => {
+                f.write_str("AS_PATH does not start with the external peer's AS")
             }
         }
     }
@@ -295,6 +307,8 @@ pub struct ImportCheck {
     pub shared_subnets: Option<Vec<IpNet>>,
     /// Negotiated families; MP_REACH_NLRI of others is ignored.
     pub families: AfiSafiSet,
+    /// An external peer's AS: the AS_PATH must start with it.
+    pub ebgp_peer_as: Option<u32>,
 }
 
 impl ImportCheck {
@@ -480,10 +494,30 @@ impl AdjRibIn {
 
     /// Why the routes of this announcement (the NLRI field's with `NEXT_HOP`, or MP_REACH_NLRI's) are
     /// not usable on this session, if they are not.
-    fn import_problem(&self, family: AfiSafi, next_hop: Option<IpAddr>) -> Option<IgnoreReason> {
+    fn import_problem(
+        &self,
+        update: &Update,
+        family: AfiSafi,
+        next_hop: Option<IpAddr>,
+    ) -> Option<IgnoreReason> {
         let check = self.check.as_ref()?;
         if family != AfiSafi::IPV4_UNICAST && !check.families.contains(family) {
             return Some(IgnoreReason::FamilyNotNegotiated(family));
+        }
+        // RFC 4271 §6.3: "If the UPDATE message is received from an external peer, the local system MAY
+        // check whether the leftmost (with respect to the position of octets in the protocol message)
+        // AS in the AS_PATH attribute is equal to the autonomous system number of the peer that sent
+        // the message. If the check determines this is not the case, the Error Subcode MUST be set to
+        // Malformed AS_PATH." RFC 7606 makes that treat-as-withdraw; FRR checks by default.
+        if let Some(peer_as) = check.ebgp_peer_as {
+            let first = update
+                .attributes
+                .as_path
+                .as_ref()
+                .and_then(|p| p.first_asn());
+            if first != Some(peer_as) {
+                return Some(IgnoreReason::FirstAsNotPeer(first));
+            }
         }
         check.next_hop_problem(next_hop?)
     }
@@ -597,8 +631,8 @@ impl AdjRibIn {
         if !update.nlri.is_empty() {
             let next_hop = update.attributes.next_hop.map(NextHop::V4);
             self.announce(
+                update,
                 &update.nlri,
-                &update.raw_attributes,
                 AfiSafi::IPV4_UNICAST,
                 next_hop,
                 &mut stats,
@@ -607,8 +641,8 @@ impl AdjRibIn {
         }
         if let Some(mp) = update.mp_reach.as_ref().filter(|mp| !mp.nlri.is_empty()) {
             self.announce(
+                update,
                 &mp.nlri,
-                &update.raw_attributes,
                 mp.afi_safi,
                 Some(mp.next_hop),
                 &mut stats,
@@ -624,8 +658,8 @@ impl AdjRibIn {
     /// the peer sent before for these prefixes (it is no longer the peer's route).
     fn announce(
         &mut self,
+        update: &Update,
         nlri: &[Nlri],
-        raw: &Bytes,
         family: AfiSafi,
         next_hop: Option<NextHop>,
         stats: &mut ApplyStats,
@@ -635,7 +669,7 @@ impl AdjRibIn {
             NextHop::V4(v4) => IpAddr::V4(v4),
             NextHop::V6 { global, .. } => IpAddr::V6(global),
         });
-        if let Some(reason) = self.import_problem(family, address) {
+        if let Some(reason) = self.import_problem(update, family, address) {
             for route in nlri {
                 if self.remove(route) {
                     stats.withdrawn += 1;
@@ -645,7 +679,7 @@ impl AdjRibIn {
             }
             return;
         }
-        let id = self.attrs.intern(raw, next_hop);
+        let id = self.attrs.intern(&update.raw_attributes, next_hop);
         for route in nlri {
             self.insert(route, id);
             record(route.prefix, Some(id));
@@ -971,6 +1005,7 @@ mod tests {
             ],
             shared_subnets: Some(vec!["198.51.100.0/24".parse().unwrap()]),
             families: [AfiSafi::IPV4_UNICAST].into_iter().collect(),
+            ebgp_peer_as: Some(65001),
         });
         rib
     }
@@ -1153,6 +1188,47 @@ mod tests {
             ),
             "{listed:?}"
         );
+    }
+
+    #[test]
+    fn external_paths_must_start_with_the_peer_as() {
+        let mut rib = checked_rib();
+        let mut path = attrs(1);
+        path.as_path = Some(AsPath::from_sequence(vec![65009, 65001]));
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let update = |attributes: &PathAttributes| {
+            received(
+                Update::announce(
+                    attributes,
+                    v4("198.51.100.2"),
+                    &nlri(&["10.0.0.0/24"]),
+                    &ctx,
+                )
+                .unwrap()
+                .remove(0),
+            )
+        };
+        let stats = rib.apply(&update(&path));
+        assert_eq!((stats.announced, stats.ignored), (0, 1));
+        assert_eq!(
+            reasons(&rib)[0].1,
+            "AS_PATH starts with AS 65009, not the external peer's AS"
+        );
+        path.as_path = Some(AsPath::default());
+        rib.apply(&update(&path));
+        assert_eq!(
+            reasons(&rib)[0].1,
+            "AS_PATH does not start with the external peer's AS"
+        );
+        // The peer's own AS first: used. Without the eBGP check (iBGP), any path is.
+        assert_eq!(rib.apply(&update(&attrs(1))).announced, 1);
+        let mut ibgp = checked_rib();
+        ibgp.check.as_mut().unwrap().ebgp_peer_as = None;
+        path.as_path = Some(AsPath::from_sequence(vec![65009]));
+        assert_eq!(ibgp.apply(&update(&path)).announced, 1);
     }
 
     #[test]

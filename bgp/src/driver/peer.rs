@@ -843,6 +843,7 @@ impl PeerTask {
             own,
             shared_subnets: single_hop.then(|| socket::subnets_beside(local_ip)),
             families: info.families,
+            ebgp_peer_as: (info.peer.kind == PeerKind::Ebgp).then_some(info.peer.remote_as),
         }
     }
 
