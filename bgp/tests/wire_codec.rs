@@ -746,6 +746,22 @@ fn open_errors() {
         ),
         (2, 0, vec![])
     );
+    // Graceful Restart capabilities (RFC 4724 §3) too short for the flags and time, or with a
+    // truncated family entry.
+    assert_eq!(
+        notification_of(
+            &msg("0022 01 04 fde9 005a c0000201 05 02 03 40 01 00"),
+            &ctx
+        ),
+        (2, 0, vec![])
+    );
+    assert_eq!(
+        notification_of(
+            &msg("0026 01 04 fde9 005a c0000201 09 02 07 40 05 0078 000101"),
+            &ctx
+        ),
+        (2, 0, vec![])
+    );
     // Trailing octets after the optional parameters.
     assert_eq!(
         notification_of(&msg("001e 01 04 fde9 005a c0000201 00 00"), &ctx),
@@ -984,6 +1000,10 @@ fn rfc7606_treat_as_withdraw_cases() {
     assert_withdrawn(&outcome("80 0a 06 000000000000", &ctx), 10, 5);
     assert_withdrawn(&outcome("c0 10 07 00000000000000", &ctx), 16, 5);
     assert_withdrawn(&outcome("c0 20 08 0000000000000000", &ctx), 32, 5);
+    // IPv6 Address Specific Extended Community of 8 octets (RFC 7606 §7.15); 20 octets are kept.
+    assert_withdrawn(&outcome("c0 19 08 0000000000000000", &ctx), 25, 5);
+    let kept = outcome("c0 19 14 0002 20010db8000000000000000000000001 0064", &ctx);
+    assert!(kept.errors.is_empty() && kept.attributes.unknown.len() == 1);
     // Attribute Flags Error: ORIGIN sent as optional; COMMUNITIES sent as non-transitive.
     let flags = upd("c0 01 01 00 40 02 00 40 03 04 c0000201", "08 0a");
     assert_withdrawn(&decode_update(&flags, &ctx), 1, 4);

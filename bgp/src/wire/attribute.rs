@@ -28,6 +28,7 @@ pub mod attr_type {
     pub const EXTENDED_COMMUNITIES: u8 = 16;
     pub const AS4_PATH: u8 = 17;
     pub const AS4_AGGREGATOR: u8 = 18;
+    pub const IPV6_EXTENDED_COMMUNITIES: u8 = 25;
     pub const LARGE_COMMUNITY: u8 = 32;
 }
 use attr_type as ty;
@@ -695,6 +696,16 @@ fn decode_one(
                     local_data2: u32::from_be_bytes([c[8], c[9], c[10], c[11]]),
                 })
                 .collect();
+        }
+        ty::IPV6_EXTENDED_COMMUNITIES
+            if flags & fl::OPTIONAL != 0
+                && (value.is_empty() || !value.len().is_multiple_of(20)) =>
+        {
+            // RFC 7606 §7.15: "The IPv6 Address Specific Extended Community attribute SHALL be
+            // considered malformed if its length is not a non-zero multiple of 20. An UPDATE message
+            // with a malformed IPv6 Address Specific Extended Community attribute SHALL be handled using
+            // the approach of "treat-as-withdraw"." Well-formed ones are passed on uninterpreted below.
+            return Err(Fault::Withdraw(length_error()));
         }
         _ => {
             // RFC 4271 §6.3: "If any of the well-known mandatory attributes are not recognized, then the
