@@ -251,6 +251,9 @@ pub enum IgnoreReason {
     /// RFC 4271 §6.3: from an external peer, the leftmost AS of the AS_PATH is not the peer's AS
     /// (`None`: the path is empty or starts with an AS_SET).
     FirstAsNotPeer(Option<u32>),
+    /// RFC 5065 §5.3: confederation segments in an AS_PATH from an external peer (a malformed AS_PATH,
+    /// treat-as-withdraw by RFC 7606 §7.2).
+    ConfedSegmentsFromExternalPeer,
 }
 
 impl std::fmt::Display for IgnoreReason {
@@ -280,6 +283,9 @@ impl std::fmt::Display for IgnoreReason {
             }
             IgnoreReason::FirstAsNotPeer(None) => {
                 f.write_str("AS_PATH does not start with the external peer's AS")
+            }
+            IgnoreReason::ConfedSegmentsFromExternalPeer => {
+                f.write_str("AS_PATH from an external peer holds confederation segments")
             }
         }
     }
@@ -510,6 +516,12 @@ impl AdjRibIn {
         // the message. If the check determines this is not the case, the Error Subcode MUST be set to
         // Malformed AS_PATH." RFC 7606 makes that treat-as-withdraw; FRR checks by default.
         if let Some(peer_as) = check.ebgp_peer_as {
+            // RFC 5065 §5.3: AS_CONFED_SEQUENCE or AS_CONFED_SET segments from a neighbor outside our
+            // confederation make a malformed AS_PATH: treat-as-withdraw (RFC 7606 §7.2), as FRR does.
+            let mut segments = update.attributes.as_path.iter().flat_map(|p| &p.segments);
+            if segments.any(|segment| segment.kind.is_confed()) {
+                return Some(IgnoreReason::ConfedSegmentsFromExternalPeer);
+            }
             let first = update
                 .attributes
                 .as_path
@@ -1222,6 +1234,24 @@ mod tests {
         assert_eq!(
             reasons(&rib)[0].1,
             "AS_PATH does not start with the external peer's AS"
+        );
+        // Confederation segments behind the peer's AS (RFC 5065 §5.3).
+        path.as_path = Some(AsPath {
+            segments: vec![
+                crate::wire::AsSegment {
+                    kind: crate::wire::SegmentType::Sequence,
+                    asns: vec![65001],
+                },
+                crate::wire::AsSegment {
+                    kind: crate::wire::SegmentType::ConfedSequence,
+                    asns: vec![65100],
+                },
+            ],
+        });
+        rib.apply(&update(&path));
+        assert_eq!(
+            reasons(&rib)[0].1,
+            "AS_PATH from an external peer holds confederation segments"
         );
         // The peer's own AS first: used. Without the eBGP check (iBGP), any path is.
         assert_eq!(rib.apply(&update(&attrs(1))).announced, 1);
