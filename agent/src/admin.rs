@@ -301,7 +301,7 @@ pub fn render_metrics(peers: &[PeerStatus]) -> String {
             state.name()
         );
     }
-    let gauges: [PeerGauge; 4] = [
+    let gauges: [PeerGauge; 5] = [
         (
             "reef_bgp_session_established",
             "1 if the session is Established.",
@@ -321,6 +321,11 @@ pub fn render_metrics(peers: &[PeerStatus]) -> String {
             "reef_bgp_updates_received_total",
             "UPDATE messages received from the peer.",
             |p| p.updates_received,
+        ),
+        (
+            "reef_bgp_routes_ignored_total",
+            "Received routes ignored by error handling or NEXT_HOP checks.",
+            |p| p.routes_ignored,
         ),
     ];
     for (name, help, value) in gauges {

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::wire::{AfiSafi, AfiSafiSet, CodecContext, NextHop, Nlri, PathAttributes, Update};
+use crate::wire::{
+    AfiSafi, AfiSafiSet, CodecContext, ErrorAction, NextHop, Nlri, PathAttributes, Update,
+};
 
 /// FxHash-style multiplicative hasher for route keys: keys are small integers and a full table is
 /// hashed a million times per load, where SipHash would cost several times more. Peers are configured,
@@ -225,8 +227,126 @@ impl Route {
     }
 }
 
+/// Routes listed as ignored per peer: a peer that sends many bad routes cannot grow the list further
+/// (they are still counted in [`AdjRibIn::ignored_total`]).
+pub const IGNORED_LIST_LIMIT: usize = 512;
+
+/// Why a received route is not used although the UPDATE was accepted.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum IgnoreReason {
+    /// RFC 7606 treat-as-withdraw: the UPDATE carried a malformed attribute (the errors, as text).
+    Malformed(String),
+    /// RFC 4271 §6.3: the next hop is not a valid host address (0.0.0.0, multicast, class E, or the
+    /// IPv6 unspecified address).
+    NextHopNotHost(IpAddr),
+    /// A loopback next hop from a peer that is not on this host.
+    NextHopLoopback(IpAddr),
+    /// RFC 4271 §6.3: "It MUST NOT be the IP address of the receiving speaker."
+    NextHopOwnAddress(IpAddr),
+    /// RFC 4271 §6.3: on single-hop eBGP the next hop is neither the sender's address nor on a subnet
+    /// we share with it.
+    NextHopNotOnSharedSubnet(IpAddr),
+    /// RFC 4760 §7: MP_REACH_NLRI of a family that was not negotiated.
+    FamilyNotNegotiated(AfiSafi),
+    /// RFC 4271 §6.3: from an external peer, the leftmost AS of the AS_PATH is not the peer's AS
+    /// (`None`: the path is empty or starts with an AS_SET).
+    FirstAsNotPeer(Option<u32>),
+    /// RFC 5065 §5.3: confederation segments in an AS_PATH from an external peer (a malformed AS_PATH,
+    /// treat-as-withdraw by RFC 7606 §7.2).
+    ConfedSegmentsFromExternalPeer,
+}
+
+impl std::fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IgnoreReason::Malformed(errors) => write!(f, "malformed UPDATE: {errors}"),
+            IgnoreReason::NextHopNotHost(nh) => {
+                write!(f, "next hop {nh} is not a valid host address")
+            }
+            IgnoreReason::NextHopLoopback(nh) => {
+                write!(f, "next hop {nh} is a loopback address of a remote peer")
+            }
+            IgnoreReason::NextHopOwnAddress(nh) => write!(f, "next hop {nh} is our own address"),
+            IgnoreReason::NextHopNotOnSharedSubnet(nh) => write!(
+                f,
+                "next hop {nh} is neither the peer's address nor on a subnet shared with it \
+                 (single-hop eBGP)"
+            ),
+            IgnoreReason::FamilyNotNegotiated(family) => {
+                write!(f, "address family {family} was not negotiated")
+            }
+            IgnoreReason::FirstAsNotPeer(Some(asn)) => {
+                write!(
+                    f,
+                    "AS_PATH starts with AS {asn}, not the external peer's AS"
+                )
+            }
+            IgnoreReason::FirstAsNotPeer(None) => {
+                f.write_str("AS_PATH does not start with the external peer's AS")
+            }
+            IgnoreReason::ConfedSegmentsFromExternalPeer => {
+                f.write_str("AS_PATH from an external peer holds confederation segments")
+            }
+        }
+    }
+}
+
+/// A received route that is not in the table, and why.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct IgnoredRoute {
+    pub prefix: IpNet,
+    pub path_id: Option<u32>,
+    pub next_hop: Option<IpAddr>,
+    pub reason: IgnoreReason,
+}
+
+/// What the session tells the Adj-RIB-In to check received routes against (RFC 4271 §6.3 semantic
+/// NEXT_HOP checks, RFC 4760 §7 families). Without one (`AdjRibIn::new`), routes are not checked.
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+pub struct ImportCheck {
+    /// The peer's address on the session.
+    pub peer: Option<IpAddr>,
+    /// Our addresses: the session's local address and the next hops we send.
+    pub own: Vec<IpAddr>,
+    /// Single-hop eBGP: the subnets of our interface that holds the session's local address (an IPv4
+    /// next hop must be the peer or in one of them). `None`: not single-hop eBGP, no subnet check.
+    pub shared_subnets: Option<Vec<IpNet>>,
+    /// Negotiated families; MP_REACH_NLRI of others is ignored.
+    pub families: AfiSafiSet,
+    /// An external peer's AS: the AS_PATH must start with it.
+    pub ebgp_peer_as: Option<u32>,
+}
+
+impl ImportCheck {
+    /// Why a route with this next hop is not usable, if it is not.
+    pub fn next_hop_problem(&self, next_hop: IpAddr) -> Option<IgnoreReason> {
+        let not_host = match next_hop {
+            IpAddr::V4(v4) => v4.is_unspecified() || v4.is_multicast() || v4.octets()[0] >= 240,
+            IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+        };
+        // A peer on this host (its address is a loopback one) may use loopback next hops.
+        let remote = self.peer.is_some_and(|peer| !peer.is_loopback());
+        if not_host {
+            Some(IgnoreReason::NextHopNotHost(next_hop))
+        } else if next_hop.is_loopback() && remote {
+            Some(IgnoreReason::NextHopLoopback(next_hop))
+        } else if self.own.contains(&next_hop) {
+            Some(IgnoreReason::NextHopOwnAddress(next_hop))
+        } else if let (IpAddr::V4(_), Some(subnets)) = (next_hop, &self.shared_subnets)
+            && Some(next_hop) != self.peer
+            && !subnets.iter().any(|subnet| subnet.contains(&next_hop))
+        {
+            // IPv6 next hops are not checked against subnets: FRR sends a link-local address as the
+            // global one on unnumbered sessions.
+            Some(IgnoreReason::NextHopNotOnSharedSubnet(next_hop))
+        } else {
+            None
+        }
+    }
+}
+
 /// What one UPDATE did to the table.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
 pub struct ApplyStats {
     pub announced: usize,
     pub withdrawn: usize,
@@ -236,6 +356,11 @@ pub struct ApplyStats {
     pub end_of_rib: Option<AfiSafi>,
     /// Announcements dropped because their AS_PATH holds our AS.
     pub looped: usize,
+    /// Routes ignored by error handling or the import check (see [`IgnoredRoute`]).
+    pub ignored: usize,
+    /// Ignored routes listed for the first time with this reason (the ones to log: a peer repeating
+    /// a bad route is logged once per prefix and reason).
+    pub newly_ignored: Vec<IgnoredRoute>,
 }
 
 /// One peer's Adj-RIB-In.
@@ -252,6 +377,13 @@ pub struct AdjRibIn {
     /// How many times `local_as` may appear before a route is a loop (Calico's
     /// `numAllowedLocalASNumbers`).
     allowed_own_as: u8,
+    /// The session's import check (`None`: routes are not checked).
+    check: Option<ImportCheck>,
+    /// Routes ignored by error handling or the import check, until the peer withdraws or replaces
+    /// them; at most [`IGNORED_LIST_LIMIT`].
+    ignored: std::collections::BTreeMap<(IpNet, u32), IgnoredRoute>,
+    /// Routes ignored since the table was made (a metric: not reset with the session).
+    ignored_total: u64,
 }
 
 fn key_v4(net: Ipv4Net, path_id: Option<u32>) -> KeyV4 {
@@ -309,13 +441,97 @@ impl AdjRibIn {
         self.allowed_own_as = times;
     }
 
-    /// Removes every route (the session went down); the loop check stays.
+    /// Removes every route and the ignored list (the session went down); the loop check and the
+    /// ignored count stay. The next session sets its own import check.
     pub fn clear(&mut self) {
         *self = AdjRibIn {
             local_as: self.local_as,
             allowed_own_as: self.allowed_own_as,
+            ignored_total: self.ignored_total,
             ..AdjRibIn::default()
         };
+    }
+
+    /// Sets the session's import check (RFC 4271 §6.3 NEXT_HOP semantics, negotiated families).
+    pub fn set_import_check(&mut self, check: ImportCheck) {
+        self.check = Some(check);
+    }
+
+    /// Received routes that are not in the table and why, sorted by prefix.
+    pub fn ignored(&self) -> impl Iterator<Item = &IgnoredRoute> {
+        self.ignored.values()
+    }
+
+    /// Routes ignored since the table was made.
+    pub fn ignored_total(&self) -> u64 {
+        self.ignored_total
+    }
+
+    /// Counts an ignored route and lists it if there is room (in `stats.newly_ignored` when new).
+    fn ignore(
+        &mut self,
+        nlri: &Nlri,
+        next_hop: Option<IpAddr>,
+        reason: IgnoreReason,
+        stats: &mut ApplyStats,
+    ) {
+        self.ignored_total += 1;
+        stats.ignored += 1;
+        let key = (nlri.prefix, nlri.path_id.unwrap_or(0));
+        if self
+            .ignored
+            .get(&key)
+            .is_some_and(|known| known.reason == reason)
+        {
+            return;
+        }
+        if self.ignored.len() >= IGNORED_LIST_LIMIT && !self.ignored.contains_key(&key) {
+            return;
+        }
+        let route = IgnoredRoute {
+            prefix: nlri.prefix,
+            path_id: nlri.path_id,
+            next_hop,
+            reason,
+        };
+        self.ignored.insert(key, route.clone());
+        stats.newly_ignored.push(route);
+    }
+
+    /// Why the routes of this announcement (the NLRI field's with `NEXT_HOP`, or MP_REACH_NLRI's) are
+    /// not usable on this session, if they are not.
+    fn import_problem(
+        &self,
+        update: &Update,
+        family: AfiSafi,
+        next_hop: Option<IpAddr>,
+    ) -> Option<IgnoreReason> {
+        let check = self.check.as_ref()?;
+        if family != AfiSafi::IPV4_UNICAST && !check.families.contains(family) {
+            return Some(IgnoreReason::FamilyNotNegotiated(family));
+        }
+        // RFC 4271 §6.3: "If the UPDATE message is received from an external peer, the local system MAY
+        // check whether the leftmost (with respect to the position of octets in the protocol message)
+        // AS in the AS_PATH attribute is equal to the autonomous system number of the peer that sent
+        // the message. If the check determines this is not the case, the Error Subcode MUST be set to
+        // Malformed AS_PATH." RFC 7606 makes that treat-as-withdraw; FRR checks by default.
+        if let Some(peer_as) = check.ebgp_peer_as {
+            // RFC 5065 §5.3: AS_CONFED_SEQUENCE or AS_CONFED_SET segments from a neighbor outside our
+            // confederation make a malformed AS_PATH: treat-as-withdraw (RFC 7606 §7.2), as FRR does.
+            let mut segments = update.attributes.as_path.iter().flat_map(|p| &p.segments);
+            if segments.any(|segment| segment.kind.is_confed()) {
+                return Some(IgnoreReason::ConfedSegmentsFromExternalPeer);
+            }
+            let first = update
+                .attributes
+                .as_path
+                .as_ref()
+                .and_then(|p| p.first_asn());
+            if first != Some(peer_as) {
+                return Some(IgnoreReason::FirstAsNotPeer(first));
+            }
+        }
+        check.next_hop_problem(next_hop?)
     }
 
     /// Whether the UPDATE's AS path holds our AS. From a 2-octet speaker our 4-octet AS shows as
@@ -395,9 +611,23 @@ impl AdjRibIn {
                 stats.withdrawn += 1;
                 record(nlri.prefix, None);
             }
+            self.ignored
+                .remove(&(nlri.prefix, nlri.path_id.unwrap_or(0)));
         }
         // The codec has already moved the NLRI of a treat-as-withdraw UPDATE to the withdrawals.
         stats.treated_as_withdraw = update.treat_as_withdraw;
+        if update.treat_as_withdraw {
+            let errors: Vec<String> = update
+                .errors
+                .iter()
+                .filter(|e| e.action == ErrorAction::TreatAsWithdraw)
+                .map(|e| e.to_string())
+                .collect();
+            let reason = IgnoreReason::Malformed(errors.join("; "));
+            for nlri in &update.withdrawn_by_error {
+                self.ignore(nlri, None, reason.clone(), &mut stats);
+            }
+        }
         if self.is_loop(update) {
             // A looped announcement still replaces what the peer sent before for these prefixes.
             let mp_nlri = update.mp_reach.iter().flat_map(|mp| mp.nlri.iter());
@@ -412,24 +642,66 @@ impl AdjRibIn {
         }
         if !update.nlri.is_empty() {
             let next_hop = update.attributes.next_hop.map(NextHop::V4);
-            let id = self.attrs.intern(&update.raw_attributes, next_hop);
-            for nlri in &update.nlri {
-                self.insert(nlri, id);
-                record(nlri.prefix, Some(id));
-            }
-            stats.announced += update.nlri.len();
-            self.attrs.collect_unused(id);
+            self.announce(
+                update,
+                &update.nlri,
+                AfiSafi::IPV4_UNICAST,
+                next_hop,
+                &mut stats,
+                &mut record,
+            );
         }
         if let Some(mp) = update.mp_reach.as_ref().filter(|mp| !mp.nlri.is_empty()) {
-            let id = self.attrs.intern(&update.raw_attributes, Some(mp.next_hop));
-            for nlri in &mp.nlri {
-                self.insert(nlri, id);
-                record(nlri.prefix, Some(id));
-            }
-            stats.announced += mp.nlri.len();
-            self.attrs.collect_unused(id);
+            self.announce(
+                update,
+                &mp.nlri,
+                mp.afi_safi,
+                Some(mp.next_hop),
+                &mut stats,
+                &mut record,
+            );
         }
         stats
+    }
+
+    /// Inserts announced routes sharing one attribute set, or — when the import check finds them
+    /// unusable — ignores them: RFC 4271 §6.3 "If the NEXT_HOP attribute is semantically incorrect, the
+    /// error SHOULD be logged, and the route SHOULD be ignored." The announcement still replaces what
+    /// the peer sent before for these prefixes (it is no longer the peer's route).
+    fn announce(
+        &mut self,
+        update: &Update,
+        nlri: &[Nlri],
+        family: AfiSafi,
+        next_hop: Option<NextHop>,
+        stats: &mut ApplyStats,
+        record: &mut impl FnMut(IpNet, Option<AttrId>),
+    ) {
+        let address = next_hop.map(|nh| match nh {
+            NextHop::V4(v4) => IpAddr::V4(v4),
+            NextHop::V6 { global, .. } => IpAddr::V6(global),
+        });
+        if let Some(reason) = self.import_problem(update, family, address) {
+            for route in nlri {
+                if self.remove(route) {
+                    stats.withdrawn += 1;
+                    record(route.prefix, None);
+                }
+                self.ignore(route, address, reason.clone(), stats);
+            }
+            return;
+        }
+        let id = self.attrs.intern(&update.raw_attributes, next_hop);
+        for route in nlri {
+            self.insert(route, id);
+            record(route.prefix, Some(id));
+            if !self.ignored.is_empty() {
+                self.ignored
+                    .remove(&(route.prefix, route.path_id.unwrap_or(0)));
+            }
+        }
+        stats.announced += nlri.len();
+        self.attrs.collect_unused(id);
     }
 
     fn insert(&mut self, nlri: &Nlri, id: AttrId) {
@@ -718,6 +990,290 @@ mod tests {
         assert!(!rib.end_of_rib().contains(AfiSafi::IPV6_UNICAST));
         rib.clear();
         assert!(rib.is_empty() && rib.attribute_sets() == 0 && rib.end_of_rib().is_empty());
+    }
+
+    /// One UPDATE announcing `prefixes` with MED 1 via `next_hop`, as received.
+    fn announce_via(next_hop: NextHop, prefixes: &[&str]) -> Update {
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let mut updates = Update::announce(&attrs(1), next_hop, &nlri(prefixes), &ctx).unwrap();
+        received(updates.remove(0))
+    }
+
+    fn v4(text: &str) -> NextHop {
+        NextHop::V4(text.parse().unwrap())
+    }
+
+    /// A single-hop eBGP session 198.51.100.1 (us) - 198.51.100.2 (peer) on 198.51.100.0/24.
+    fn checked_rib() -> AdjRibIn {
+        let mut rib = rib();
+        rib.set_import_check(ImportCheck {
+            peer: Some("198.51.100.2".parse().unwrap()),
+            own: vec![
+                "198.51.100.1".parse().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+            ],
+            shared_subnets: Some(vec!["198.51.100.0/24".parse().unwrap()]),
+            families: [AfiSafi::IPV4_UNICAST].into_iter().collect(),
+            ebgp_peer_as: Some(65001),
+        });
+        rib
+    }
+
+    fn reasons(rib: &AdjRibIn) -> Vec<(String, String)> {
+        rib.ignored()
+            .map(|route| (route.prefix.to_string(), route.reason.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn next_hop_semantics_rfc4271_6_3() {
+        let check = checked_rib().check.unwrap();
+        let problem = |nh: &str| check.next_hop_problem(nh.parse().unwrap());
+        // The peer itself and a third party on the shared subnet are fine.
+        assert_eq!(problem("198.51.100.2"), None);
+        assert_eq!(problem("198.51.100.77"), None);
+        assert_eq!(
+            problem("2001:db8::2"),
+            None,
+            "IPv6 is not checked against subnets"
+        );
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            problem("198.51.100.1"),
+            Some(IgnoreReason::NextHopOwnAddress(ip("198.51.100.1")))
+        );
+        assert_eq!(
+            problem("2001:db8::1"),
+            Some(IgnoreReason::NextHopOwnAddress(ip("2001:db8::1")))
+        );
+        assert_eq!(
+            problem("203.0.113.9"),
+            Some(IgnoreReason::NextHopNotOnSharedSubnet(ip("203.0.113.9")))
+        );
+        for not_host in [
+            "0.0.0.0",
+            "224.0.0.5",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "ff02::1",
+        ] {
+            assert_eq!(
+                problem(not_host),
+                Some(IgnoreReason::NextHopNotHost(ip(not_host))),
+                "{not_host}"
+            );
+        }
+        for loopback in ["127.0.0.1", "::1"] {
+            assert_eq!(
+                problem(loopback),
+                Some(IgnoreReason::NextHopLoopback(ip(loopback)))
+            );
+        }
+        // Multihop eBGP and iBGP: no subnet check. A peer on this host may use loopback next hops.
+        let multihop = ImportCheck {
+            shared_subnets: None,
+            ..check.clone()
+        };
+        assert_eq!(multihop.next_hop_problem(ip("203.0.113.9")), None);
+        let local_peer = ImportCheck {
+            peer: Some(ip("127.0.0.2")),
+            shared_subnets: None,
+            ..check
+        };
+        assert_eq!(local_peer.next_hop_problem(ip("127.0.0.1")), None);
+    }
+
+    #[test]
+    fn ignored_routes_replace_the_earlier_route_and_are_listed_until_fixed() {
+        let mut rib = checked_rib();
+        rib.apply(&announce_via(
+            v4("198.51.100.2"),
+            &["10.0.0.0/24", "10.0.1.0/24"],
+        ));
+        assert_eq!(rib.len(), 2);
+
+        // Our own address as next hop: not installed, the earlier route of the prefix is gone.
+        let mut changes = Vec::new();
+        let stats = rib.apply_with(
+            &announce_via(v4("198.51.100.1"), &["10.0.0.0/24"]),
+            |p, set| changes.push((p, set.is_some())),
+        );
+        assert_eq!((stats.announced, stats.withdrawn, stats.ignored), (0, 1, 1));
+        assert_eq!(changes, [("10.0.0.0/24".parse().unwrap(), false)]);
+        assert!(rib.get("10.0.0.0/24".parse().unwrap()).is_none());
+        assert_eq!(
+            reasons(&rib),
+            [(
+                "10.0.0.0/24".to_string(),
+                "next hop 198.51.100.1 is our own address".to_string()
+            )]
+        );
+        assert_eq!(stats.newly_ignored.len(), 1);
+        // The same again: counted, not listed (or logged) twice.
+        let stats = rib.apply(&announce_via(v4("198.51.100.1"), &["10.0.0.0/24"]));
+        assert_eq!((stats.ignored, stats.newly_ignored.len()), (1, 0));
+        assert_eq!(rib.ignored_total(), 2);
+        // Off the shared subnet: a new reason is listed (and logged) again.
+        let stats = rib.apply(&announce_via(v4("203.0.113.9"), &["10.0.0.0/24"]));
+        assert_eq!(stats.newly_ignored.len(), 1);
+        assert!(
+            reasons(&rib)[0].1.contains("nor on a subnet shared"),
+            "{:?}",
+            reasons(&rib)
+        );
+
+        // A usable announcement takes the prefix off the list; so does a withdrawal.
+        rib.apply(&announce_via(v4("198.51.100.2"), &["10.0.0.0/24"]));
+        assert!(rib.get("10.0.0.0/24".parse().unwrap()).is_some());
+        assert_eq!(rib.ignored().count(), 0);
+        rib.apply(&announce_via(v4("0.0.0.1"), &["10.0.5.0/24"]));
+        assert_eq!(rib.ignored().count(), 1);
+        let withdraw = received(
+            Update::withdraw(&nlri(&["10.0.5.0/24"]), &CodecContext::default())
+                .unwrap()
+                .remove(0),
+        );
+        rib.apply(&withdraw);
+        assert_eq!(rib.ignored().count(), 0);
+        // A session reset empties the list but keeps the count (a metric).
+        rib.apply(&announce_via(v4("198.51.100.1"), &["10.0.6.0/24"]));
+        rib.clear();
+        assert_eq!((rib.ignored().count(), rib.ignored_total()), (0, 5));
+    }
+
+    #[test]
+    fn mp_reach_of_a_family_not_negotiated_is_ignored() {
+        let mut rib = checked_rib();
+        let next_hop = NextHop::V6 {
+            global: "2001:db8::2".parse().unwrap(),
+            link_local: None,
+        };
+        let stats = rib.apply(&announce_via(next_hop, &["2001:db8:5::/48"]));
+        assert_eq!((stats.announced, stats.ignored), (0, 1));
+        assert_eq!(
+            reasons(&rib),
+            [(
+                "2001:db8:5::/48".to_string(),
+                "address family IPv6 unicast was not negotiated".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn treat_as_withdraw_is_listed_with_the_error() {
+        let mut rib = checked_rib();
+        rib.apply(&announce_via(v4("198.51.100.2"), &["10.0.0.0/24"]));
+        // ORIGIN, AS_PATH [65001 0], NEXT_HOP 198.51.100.2, NLRI 10.0.0.0/24 (RFC 7607).
+        let attrs = [
+            0x40, 1, 1, 0, 0x40, 2, 10, 2, 2, 0, 0, 0xfd, 0xe9, 0, 0, 0, 0, 0x40, 3, 4, 198, 51,
+            100, 2,
+        ];
+        let mut message = vec![0xff; 16];
+        message.extend_from_slice(
+            &u16::try_from(19 + 4 + attrs.len() + 4)
+                .unwrap()
+                .to_be_bytes(),
+        );
+        message.extend_from_slice(&[2, 0, 0, 0, attrs.len() as u8]);
+        message.extend_from_slice(&attrs);
+        message.extend_from_slice(&[24, 10, 0, 0]);
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let Ok(Message::Update(update)) = decode(&message, &ctx) else {
+            panic!("not an UPDATE");
+        };
+        let stats = rib.apply(&update);
+        assert!(stats.treated_as_withdraw);
+        assert_eq!((stats.withdrawn, stats.ignored), (1, 1));
+        assert!(rib.is_empty());
+        let listed = reasons(&rib);
+        assert_eq!(listed[0].0, "10.0.0.0/24");
+        assert!(
+            listed[0].1.starts_with(
+                "malformed UPDATE: malformed AS_PATH (attribute type 2; treat-as-withdraw)"
+            ),
+            "{listed:?}"
+        );
+    }
+
+    #[test]
+    fn external_paths_must_start_with_the_peer_as() {
+        let mut rib = checked_rib();
+        let mut path = attrs(1);
+        path.as_path = Some(AsPath::from_sequence(vec![65009, 65001]));
+        let ctx = CodecContext {
+            four_octet_as: true,
+            ..CodecContext::default()
+        };
+        let update = |attributes: &PathAttributes| {
+            received(
+                Update::announce(
+                    attributes,
+                    v4("198.51.100.2"),
+                    &nlri(&["10.0.0.0/24"]),
+                    &ctx,
+                )
+                .unwrap()
+                .remove(0),
+            )
+        };
+        let stats = rib.apply(&update(&path));
+        assert_eq!((stats.announced, stats.ignored), (0, 1));
+        assert_eq!(
+            reasons(&rib)[0].1,
+            "AS_PATH starts with AS 65009, not the external peer's AS"
+        );
+        path.as_path = Some(AsPath::default());
+        rib.apply(&update(&path));
+        assert_eq!(
+            reasons(&rib)[0].1,
+            "AS_PATH does not start with the external peer's AS"
+        );
+        // Confederation segments behind the peer's AS (RFC 5065 §5.3).
+        path.as_path = Some(AsPath {
+            segments: vec![
+                crate::wire::AsSegment {
+                    kind: crate::wire::SegmentType::Sequence,
+                    asns: vec![65001],
+                },
+                crate::wire::AsSegment {
+                    kind: crate::wire::SegmentType::ConfedSequence,
+                    asns: vec![65100],
+                },
+            ],
+        });
+        rib.apply(&update(&path));
+        assert_eq!(
+            reasons(&rib)[0].1,
+            "AS_PATH from an external peer holds confederation segments"
+        );
+        // The peer's own AS first: used. Without the eBGP check (iBGP), any path is.
+        assert_eq!(rib.apply(&update(&attrs(1))).announced, 1);
+        let mut ibgp = checked_rib();
+        ibgp.check.as_mut().unwrap().ebgp_peer_as = None;
+        path.as_path = Some(AsPath::from_sequence(vec![65009]));
+        assert_eq!(ibgp.apply(&update(&path)).announced, 1);
+    }
+
+    #[test]
+    fn the_ignored_list_is_bounded() {
+        let mut rib = checked_rib();
+        let prefixes: Vec<String> = (0..IGNORED_LIST_LIMIT + 100)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect();
+        for chunk in prefixes.chunks(200) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            rib.apply(&announce_via(v4("198.51.100.1"), &chunk));
+        }
+        assert_eq!(rib.ignored().count(), IGNORED_LIST_LIMIT);
+        assert_eq!(rib.ignored_total(), (IGNORED_LIST_LIMIT + 100) as u64);
+        assert!(rib.is_empty());
     }
 
     #[test]

@@ -746,6 +746,22 @@ fn open_errors() {
         ),
         (2, 0, vec![])
     );
+    // Graceful Restart capabilities (RFC 4724 §3) too short for the flags and time, or with a
+    // truncated family entry.
+    assert_eq!(
+        notification_of(
+            &msg("0022 01 04 fde9 005a c0000201 05 02 03 40 01 00"),
+            &ctx
+        ),
+        (2, 0, vec![])
+    );
+    assert_eq!(
+        notification_of(
+            &msg("0026 01 04 fde9 005a c0000201 09 02 07 40 05 0078 000101"),
+            &ctx
+        ),
+        (2, 0, vec![])
+    );
     // Trailing octets after the optional parameters.
     assert_eq!(
         notification_of(&msg("001e 01 04 fde9 005a c0000201 00 00"), &ctx),
@@ -922,6 +938,7 @@ fn assert_withdrawn(update: &Update, type_code: u8, subcode: u8) {
         update.nlri.is_empty() && update.attributes.is_empty() && update.raw_attributes.is_empty()
     );
     assert_eq!(update.withdrawn, vec![net("10.0.0.0/8")]);
+    assert_eq!(update.withdrawn_by_error, vec![net("10.0.0.0/8")]);
     let error = update
         .errors
         .iter()
@@ -983,6 +1000,10 @@ fn rfc7606_treat_as_withdraw_cases() {
     assert_withdrawn(&outcome("80 0a 06 000000000000", &ctx), 10, 5);
     assert_withdrawn(&outcome("c0 10 07 00000000000000", &ctx), 16, 5);
     assert_withdrawn(&outcome("c0 20 08 0000000000000000", &ctx), 32, 5);
+    // IPv6 Address Specific Extended Community of 8 octets (RFC 7606 §7.15); 20 octets are kept.
+    assert_withdrawn(&outcome("c0 19 08 0000000000000000", &ctx), 25, 5);
+    let kept = outcome("c0 19 14 0002 20010db8000000000000000000000001 0064", &ctx);
+    assert!(kept.errors.is_empty() && kept.attributes.unknown.len() == 1);
     // Attribute Flags Error: ORIGIN sent as optional; COMMUNITIES sent as non-transitive.
     let flags = upd("c0 01 01 00 40 02 00 40 03 04 c0000201", "08 0a");
     assert_withdrawn(&decode_update(&flags, &ctx), 1, 4);
@@ -1095,6 +1116,92 @@ fn rfc7606_attribute_discard_cases() {
         update.attributes.as4_path,
         Some(AsPath::from_sequence(vec![4_200_000_000]))
     );
+}
+
+#[test]
+fn rfc7607_as_zero() {
+    let ctx = ctx4();
+    // AS_PATH [65001 0]: treat-as-withdraw, Malformed AS_PATH (RFC 7607 §2, RFC 7606 §7.2).
+    let bytes = upd(
+        "40 01 01 00 40 02 0a 02 02 0000fde9 00000000 40 03 04 c0000201",
+        "08 0a",
+    );
+    assert_withdrawn(&decode_update(&bytes, &ctx), 2, 11);
+    // The same in an AS_SET and on a 2-octet session.
+    let bytes = upd(
+        "40 01 01 00 40 02 08 02 01 fde9 01 01 0000 40 03 04 c0000201",
+        "08 0a",
+    );
+    assert_withdrawn(&decode_update(&bytes, &CodecContext::default()), 2, 11);
+    // AS4_PATH [0] from a 2-octet speaker: treat-as-withdraw too (Reef's choice, see RFC_NOTES).
+    let bytes = upd(
+        "40 01 01 00 40 02 04 02 01 5ba0 40 03 04 c0000201 c0 11 06 02 01 00000000",
+        "08 0a",
+    );
+    assert_withdrawn(&decode_update(&bytes, &CodecContext::default()), 17, 11);
+    // AGGREGATOR with AS 0 (4-octet and 2-octet sessions): attribute discard, route kept.
+    let update = outcome("c0 07 08 00000000 c0000201", &ctx);
+    assert_discarded(&update, 7, 9);
+    assert_eq!(update.attributes.aggregator, None);
+    assert_eq!(
+        &update.raw_attributes[..],
+        &hex("40010100 40020602010000fde9 400304c0000201")[..]
+    );
+    let old = CodecContext::default();
+    let update = decode_update(
+        &upd(
+            "40 01 01 00 40 02 04 02 01 fde9 40 03 04 c0000201 c0 07 06 0000 c0000201",
+            "08 0a",
+        ),
+        &old,
+    );
+    assert_eq!(
+        (update.errors[0].type_code, update.errors[0].action),
+        (7, ErrorAction::AttributeDiscard)
+    );
+    assert_eq!(update.nlri, vec![net("10.0.0.0/8")]);
+    // AS4_AGGREGATOR with AS 0: attribute discard.
+    let update = decode_update(
+        &upd(
+            "40 01 01 00 40 02 04 02 01 5ba0 40 03 04 c0000201 c0 07 06 5ba0 c0000201 \
+             c0 12 08 00000000 c0000201",
+            "08 0a",
+        ),
+        &old,
+    );
+    assert_eq!(
+        (update.errors[0].type_code, update.errors[0].action),
+        (18, ErrorAction::AttributeDiscard)
+    );
+    assert_eq!(update.attributes.as4_aggregator, None);
+    assert_eq!(update.nlri, vec![net("10.0.0.0/8")]);
+    // A valid path and aggregator with AS 1 are untouched.
+    let update = outcome("c0 07 08 00000001 c0000201", &ctx);
+    assert!(update.errors.is_empty());
+}
+
+#[test]
+fn invalid_next_hop_addresses_withdraw() {
+    // RFC 4271 §6.3 "valid IP host address": 0.0.0.0, multicast, class E and the limited broadcast
+    // address are Invalid NEXT_HOP, treat-as-withdraw (RFC 7606 §7.3).
+    for next_hop in ["00000000", "e0000001", "efffffff", "f0000001", "ffffffff"] {
+        let bytes = upd(
+            &format!("40 01 01 00 40 02 00 40 03 04 {next_hop}"),
+            "08 0a",
+        );
+        assert_withdrawn(&decode_update(&bytes, &ctx4()), 3, 8);
+    }
+    // 223.255.255.255 and 1.0.0.0 are host addresses for the codec (semantics are checked on import).
+    for next_hop in ["dfffffff", "01000000", "7f000001"] {
+        let bytes = upd(
+            &format!("40 01 01 00 40 02 00 40 03 04 {next_hop}"),
+            "08 0a",
+        );
+        assert!(
+            decode_update(&bytes, &ctx4()).errors.is_empty(),
+            "{next_hop}"
+        );
+    }
 }
 
 #[test]
@@ -1503,10 +1610,28 @@ fn negotiate_takes_what_both_sides_advertise() {
 // ---------------------------------------------------------------------------------------------------------
 // Captures from other daemons
 
+/// Whether the capture file `name` in `daemon_dir` was an iBGP session: the README lists each file
+/// under a heading "## iBGP, ..." or "## eBGP, ...".
+fn capture_is_ibgp(daemon_dir: &std::path::Path, name: &str) -> bool {
+    let readme = std::fs::read_to_string(daemon_dir.join("README.md")).unwrap();
+    let mut ibgp = None;
+    for line in readme.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            ibgp = Some(heading.starts_with("iBGP"));
+        } else if line.contains(&format!("`{name}`")) {
+            return ibgp.unwrap_or_else(|| panic!("{name}: no iBGP/eBGP heading above it"));
+        }
+    }
+    panic!("{name} is not listed in {}/README.md", daemon_dir.display())
+}
+
 /// The context a capture was sent under: what the sender's OPEN offers, mirrored (we receive what it
-/// sends). Before any OPEN, a 4-octet AS session (all daemons we test against speak it).
-fn capture_context(open: Option<&Open>) -> CodecContext {
-    let Some(open) = open else { return ctx4() };
+/// sends), iBGP or eBGP as captured. Before any OPEN, a 4-octet AS session (all daemons we test against
+/// speak it).
+fn capture_context(open: Option<&Open>, ibgp: bool) -> CodecContext {
+    let Some(open) = open else {
+        return CodecContext { ibgp, ..ctx4() };
+    };
     let mirror = Open {
         capabilities: open
             .capabilities
@@ -1530,7 +1655,10 @@ fn capture_context(open: Option<&Open>) -> CodecContext {
             .collect(),
         ..open.clone()
     };
-    CodecContext::negotiate(&mirror, open)
+    CodecContext {
+        ibgp,
+        ..CodecContext::negotiate(&mirror, open)
+    }
 }
 
 /// Every `tests/fixtures/<daemon>/*.hex` file (hex of one or more messages; `#` starts a comment, files
@@ -1568,6 +1696,8 @@ fn daemon_captures_decode() {
         for path in paths {
             files += 1;
             let name = path.display().to_string();
+            let file_name = path.file_name().unwrap().to_string_lossy().to_string();
+            let ibgp = capture_is_ibgp(&daemon, &file_name);
             let text = std::fs::read_to_string(&path).unwrap();
             let digits: String = text
                 .lines()
@@ -1578,7 +1708,7 @@ fn daemon_captures_decode() {
             let mut buf = hex(&digits);
             assert!(!buf.is_empty(), "{name}: no hex");
             while !buf.is_empty() {
-                let ctx = capture_context(open.as_ref());
+                let ctx = capture_context(open.as_ref(), ibgp);
                 let len = message_length(&buf, &ctx)
                     .unwrap_or_else(|e| panic!("{name}: framing: {e}"))
                     .unwrap_or_else(|| panic!("{name}: truncated message"));
@@ -1599,6 +1729,8 @@ fn daemon_captures_decode() {
                             announced += 1;
                             assert_eq!(u.attributes.communities, lab_communities, "{name}");
                             assert_eq!(u.attributes.large_communities.len(), 1, "{name}");
+                            // LOCAL_PREF is sent and read on iBGP only (RFC 4271 §5.1.5).
+                            assert_eq!(u.attributes.local_pref.is_some(), ibgp, "{name}");
                         }
                     }
                     Message::Notification(n) => {

@@ -266,37 +266,56 @@ fn status_table(peers: &Value) -> String {
     )
 }
 
+/// Received routes, then (when there are any) the received routes that were ignored, with the reason.
 fn routes_table(routes: &Value) -> String {
+    let all = routes.as_array().cloned().unwrap_or_default();
+    let (ignored, used): (Vec<Value>, Vec<Value>) =
+        all.into_iter().partition(|r| r.get("ignored").is_some());
+    let mut out = received_routes_table(&used);
+    if !ignored.is_empty() {
+        let rows: Vec<Vec<String>> = ignored
+            .iter()
+            .map(|r| {
+                vec![
+                    text(r, "prefix"),
+                    text(r, "nextHop"),
+                    text(r, "peer"),
+                    text(r, "ignored"),
+                ]
+            })
+            .collect();
+        out.push_str("\nReceived but ignored:\n");
+        out.push_str(&table(&["PREFIX", "NEXT HOP", "PEER", "REASON"], &rows));
+    }
+    out
+}
+
+fn received_routes_table(routes: &[Value]) -> String {
     let rows: Vec<Vec<String>> = routes
-        .as_array()
-        .map(|routes| {
-            routes
+        .iter()
+        .map(|r| {
+            let communities: Vec<String> = ["communities", "largeCommunities"]
                 .iter()
-                .map(|r| {
-                    let communities: Vec<String> = ["communities", "largeCommunities"]
-                        .iter()
-                        .filter_map(|k| r.get(*k)?.as_array().cloned())
-                        .flatten()
-                        .filter_map(|c| c.as_str().map(str::to_string))
-                        .collect();
-                    vec![
-                        text(r, "prefix"),
-                        text(r, "nextHop"),
-                        text(r, "peer"),
-                        text(r, "asPath"),
-                        text(r, "origin"),
-                        text(r, "med"),
-                        text(r, "localPref"),
-                        if communities.is_empty() {
-                            "-".into()
-                        } else {
-                            communities.join(" ")
-                        },
-                    ]
-                })
-                .collect()
+                .filter_map(|k| r.get(*k)?.as_array().cloned())
+                .flatten()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect();
+            vec![
+                text(r, "prefix"),
+                text(r, "nextHop"),
+                text(r, "peer"),
+                text(r, "asPath"),
+                text(r, "origin"),
+                text(r, "med"),
+                text(r, "localPref"),
+                if communities.is_empty() {
+                    "-".into()
+                } else {
+                    communities.join(" ")
+                },
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     table(
         &[
             "PREFIX",
@@ -452,6 +471,32 @@ mod tests {
                 && lines[1].contains("3/2")
         );
         assert!(lines[1].contains("2026-11-29T17:40:00Z "), "{}", lines[1]);
+    }
+
+    #[test]
+    fn routes_table_lists_ignored_routes_with_their_reason() {
+        let routes = json!([
+            { "peer": "198.51.100.2", "prefix": "10.66.0.0/26", "nextHop": "198.51.100.2",
+              "asPath": "65001", "origin": "igp", "med": null, "localPref": null,
+              "communities": [], "largeCommunities": [] },
+            { "peer": "198.51.100.2", "prefix": "10.67.0.0/26", "nextHop": "198.51.100.1",
+              "asPath": "", "origin": null, "med": null, "localPref": null, "communities": [],
+              "largeCommunities": [], "ignored": "next hop 198.51.100.1 is our own address" }
+        ]);
+        let out = routes_table(&routes);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 6, "{out}");
+        assert!(lines[1].starts_with("10.66.0.0/26"), "{out}");
+        assert_eq!(lines[3], "Received but ignored:");
+        assert!(
+            lines[4].starts_with("PREFIX") && lines[4].ends_with("REASON"),
+            "{out}"
+        );
+        assert!(
+            lines[5].starts_with("10.67.0.0/26")
+                && lines[5].ends_with("next hop 198.51.100.1 is our own address"),
+            "{out}"
+        );
     }
 
     #[test]

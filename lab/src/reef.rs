@@ -171,7 +171,8 @@ impl Reefd {
             .ok_or_else(|| LabError::Daemon(format!("reefd has no peer {peer}")))
     }
 
-    /// `reefctl bgp routes --peer PEER -o json`: Reef's Adj-RIB-In from `peer`.
+    /// `reefctl bgp routes --peer PEER -o json`: Reef's Adj-RIB-In from `peer`, then the routes it
+    /// received but ignored (those have `ignored`: the reason).
     pub fn routes_json(&self, peer: IpAddr) -> Result<Vec<Value>> {
         let text = self.reefctl(&["routes", "--peer", &peer.to_string(), "-o", "json"])?;
         let value: Value =
@@ -322,6 +323,8 @@ impl BgpDaemon for Reefd {
     fn routes_from(&self, peer: IpAddr) -> Result<BTreeSet<IpNet>> {
         self.routes_json(peer)?
             .iter()
+            // Routes received but ignored (with the reason in `ignored`) are not in the Adj-RIB-In.
+            .filter(|r| r.get("ignored").is_none())
             .map(|r| parse_prefix(r.get("prefix").and_then(Value::as_str).unwrap_or_default()))
             .collect()
     }

@@ -29,10 +29,15 @@ fn open(daemon: &str, file: &str) -> Open {
 }
 
 /// Decodes an UPDATE under the context both sides would negotiate with the daemon's OPEN `open_file`
-/// (the captured peers advertised the same families and the 4-octet AS capability).
-fn update(daemon: &str, open_file: &str, file: &str) -> Update {
+/// (the captured peers advertised the same families and the 4-octet AS capability), as an iBGP or
+/// eBGP session as captured (see the README's headings): LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST
+/// are read only on iBGP.
+fn update(daemon: &str, open_file: &str, file: &str, ibgp: bool) -> Update {
     let open = open(daemon, open_file);
-    let ctx = CodecContext::negotiate(&open, &open);
+    let ctx = CodecContext {
+        ibgp,
+        ..CodecContext::negotiate(&open, &open)
+    };
     match decode(&bytes(daemon, file), &ctx) {
         Ok(Message::Update(update)) => {
             assert!(
@@ -85,7 +90,7 @@ fn bird_ebgp_open_uses_as_trans_and_four_octet_capability() {
 
 #[test]
 fn frr_ebgp_update_carries_the_lab_attributes() {
-    let u = update("frr", "01-open.hex", "03-update.hex");
+    let u = update("frr", "01-open.hex", "03-update.hex", false);
     assert_eq!(u.attributes.origin, Some(Origin::Igp));
     assert_eq!(
         u.attributes.as_path,
@@ -104,7 +109,7 @@ fn frr_ebgp_update_carries_the_lab_attributes() {
     );
 
     // IPv6 in MP_REACH_NLRI with a global and a link-local next hop.
-    let u = update("frr", "01-open.hex", "04-update.hex");
+    let u = update("frr", "01-open.hex", "04-update.hex", false);
     let reach = u.mp_reach.expect("MP_REACH_NLRI");
     assert_eq!(reach.afi_safi, AfiSafi::IPV6_UNICAST);
     assert_eq!(reach.nlri, nlri(&["2001:db8:100::/48"]));
@@ -117,7 +122,7 @@ fn frr_ebgp_update_carries_the_lab_attributes() {
 
 #[test]
 fn frr_ibgp_update_has_local_pref_and_empty_path() {
-    let u = update("frr", "15-open.hex", "17-update.hex");
+    let u = update("frr", "15-open.hex", "17-update.hex", true);
     assert_eq!(u.attributes.local_pref, Some(100));
     assert_eq!(u.attributes.as_path.map(|p| p.path_len()), Some(0));
     assert_eq!(u.attributes.med, Some(50));
@@ -126,15 +131,15 @@ fn frr_ibgp_update_has_local_pref_and_empty_path() {
 
 #[test]
 fn bird_end_of_rib_withdrawals_and_route_refresh() {
-    let eor = update("bird", "01-open.hex", "04-update.hex");
+    let eor = update("bird", "01-open.hex", "04-update.hex", false);
     assert_eq!(eor.end_of_rib(), Some(AfiSafi::IPV4_UNICAST));
-    let eor6 = update("bird", "01-open.hex", "06-update.hex");
+    let eor6 = update("bird", "01-open.hex", "06-update.hex", false);
     assert_eq!(eor6.end_of_rib(), Some(AfiSafi::IPV6_UNICAST));
     assert_eq!(
-        update("bird", "01-open.hex", "07-update.hex").withdrawn,
+        update("bird", "01-open.hex", "07-update.hex", false).withdrawn,
         nlri(&["10.1.1.0/24"])
     );
-    let gone = update("bird", "01-open.hex", "08-update.hex")
+    let gone = update("bird", "01-open.hex", "08-update.hex", false)
         .mp_unreach
         .expect("MP_UNREACH_NLRI");
     assert_eq!(gone.withdrawn, nlri(&["2001:db8:100::/48"]));
@@ -152,7 +157,7 @@ fn bird_end_of_rib_withdrawals_and_route_refresh() {
 
 #[test]
 fn gobgp_originates_incomplete() {
-    let u = update("gobgp", "01-open.hex", "03-update.hex");
+    let u = update("gobgp", "01-open.hex", "03-update.hex", false);
     assert_eq!(u.attributes.origin, Some(Origin::Incomplete));
     assert_eq!(
         u.attributes.as_path,
@@ -182,7 +187,7 @@ fn exabgp_shutdown_notification_carries_a_shutdown_communication() {
         other => panic!("{other:?}"),
     }
     // ExaBGP withdraws IPv6 with the other path attributes still attached.
-    let u = update("exabgp", "01-open.hex", "08-update.hex");
+    let u = update("exabgp", "01-open.hex", "08-update.hex", false);
     assert_eq!(
         u.mp_unreach.expect("MP_UNREACH_NLRI").withdrawn,
         nlri(&["2001:db8:100::/48"])

@@ -432,7 +432,8 @@ impl Speaker {
             .map(|h| h.shared.rib.clone())
     }
 
-    /// Routes received from one peer, or from all peers.
+    /// Routes received from one peer, or from all peers; then the received routes that were ignored
+    /// (with `ignored` set to the reason).
     pub fn routes(&self, peer: Option<IpAddr>) -> Result<Vec<RouteView>, SpeakerError> {
         let peers = lock(&self.shared.peers);
         let mut views = Vec::new();
@@ -445,11 +446,18 @@ impl Speaker {
             None => peers.values().collect(),
         };
         for handle in selected {
-            let routes = lock(&handle.shared.rib).routes();
+            let rib = lock(&handle.shared.rib);
+            let (routes, ignored) = (rib.routes(), rib.ignored().cloned().collect::<Vec<_>>());
+            drop(rib);
             views.extend(
                 routes
                     .iter()
                     .map(|route| RouteView::new(handle.config.address, route)),
+            );
+            views.extend(
+                ignored
+                    .iter()
+                    .map(|route| RouteView::ignored(handle.config.address, route)),
             );
         }
         Ok(views)

@@ -25,7 +25,7 @@ use crate::fsm::{
     ConnId, DownReason, Input, NegotiatedSession, Output, Session, SessionConfig, State, Timer,
 };
 use crate::policy::{MaxPrefixAction, MaxPrefixState};
-use crate::rib::{AdjRibIn, AttributeSet};
+use crate::rib::{AdjRibIn, AttributeSet, ImportCheck};
 use crate::routing::{self, OutChange, OutPath, PeerRouting, ReceivedPath, SessionInfo};
 use crate::wire::{
     AfiSafi, AfiSafiSet, CodecContext, GracefulRestart, GracefulRestartFamily, Message,
@@ -110,7 +110,10 @@ pub(super) struct PeerShared {
 impl PeerShared {
     pub(super) fn snapshot(&self) -> PeerStatus {
         let mut status = lock(&self.status).clone();
-        status.prefixes_received = lock(&self.rib).len();
+        let rib = lock(&self.rib);
+        status.prefixes_received = rib.len();
+        status.routes_ignored = rib.ignored_total();
+        drop(rib);
         status.uptime_seconds = lock(&self.established_at).map(|at| at.elapsed().as_secs());
         status.updates_received = self.updates_received.load(Ordering::Relaxed);
         status
@@ -214,6 +217,7 @@ pub(super) fn spawn(
         prefixes_advertised: 0,
         stale_routes: 0,
         updates_received: 0,
+        routes_ignored: 0,
         passive: config.passive,
         md5: config.password.is_some(),
         ttl_security: config.ttl_security,
@@ -602,6 +606,15 @@ impl PeerTask {
             });
             if stats.treated_as_withdraw {
                 warn!(peer = %address, errors = ?update.errors, "UPDATE treated as withdraw (RFC 7606)");
+            } else if !update.errors.is_empty() {
+                // RFC 7606 §2 "attribute discard" and RFC 6793 §6: "This case SHOULD be logged".
+                debug!(peer = %address, errors = ?update.errors, "malformed attributes discarded (RFC 7606)");
+            }
+            for route in &stats.newly_ignored {
+                warn!(
+                    peer = %address, prefix = %route.prefix, reason = %route.reason,
+                    "received route ignored"
+                );
             }
             if let Some(family) = stats.end_of_rib {
                 info!(peer = %address, %family, routes = rib.len(), "End-of-RIB received");
@@ -796,6 +809,7 @@ impl PeerTask {
             }),
             peer_graceful_restart: negotiated.peer_open.graceful_restart().cloned(),
         };
+        lock(&self.shared.rib).set_import_check(self.import_check(&info, local_ip));
         self.established = Some(EstablishedSession { negotiated });
         // The Restart State bit describes this restart only: later sessions announce a normal start.
         if let Some(gr) = self.graceful_restart.as_mut().filter(|gr| gr.restart_state) {
@@ -804,6 +818,33 @@ impl PeerTask {
         }
         self.route(routing::Input::PeerUp(info));
         self.update_info();
+    }
+
+    /// What received routes are checked against on this session (RFC 4271 §6.3, RFC 4760 §7).
+    fn import_check(&self, info: &SessionInfo, local_ip: IpAddr) -> ImportCheck {
+        let mut own = vec![local_ip];
+        own.extend(info.next_hop_v4.map(IpAddr::V4));
+        // The IPv4-mapped fallback is not an address of ours on any interface.
+        own.extend(
+            info.next_hop_v6
+                .filter(|v6| v6.to_ipv4_mapped().is_none())
+                .map(IpAddr::V6),
+        );
+        // RFC 4271 §6.3 b): "In the case of an EBGP, where the sender and receiver are one IP hop away
+        // from each other, ..." A peer at a loopback address is on this host: no link between us.
+        let single_hop = info.peer.kind == PeerKind::Ebgp
+            && !self.peer().is_loopback()
+            && match self.config.ttl_security {
+                Some(hops) => hops <= 1,
+                None => self.config.multihop.unwrap_or(1) <= 1,
+            };
+        ImportCheck {
+            peer: Some(self.peer()),
+            own,
+            shared_subnets: single_hop.then(|| socket::subnets_beside(local_ip)),
+            families: info.families,
+            ebgp_peer_as: (info.peer.kind == PeerKind::Ebgp).then_some(info.peer.remote_as),
+        }
     }
 
     /// Encodes and sends a batch of the routing task (only to the session it was made for).

@@ -259,18 +259,21 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A global IPv6 address on the interface that holds `local` (an IPv4 session's local address), to use
-/// as the next hop of IPv6 routes sent over that session: an IPv4-mapped next hop is unusable (BIRD
-/// ignores such routes, the kernel refuses them). Link-local and loopback addresses are skipped; the
-/// lowest address wins so that the choice is stable.
-pub fn global_ipv6_beside(local: std::net::Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+/// One address of a local interface: the interface name, the address and its prefix length.
+struct InterfaceAddress {
+    name: Vec<u8>,
+    address: IpAddr,
+    prefix_len: u8,
+}
+
+/// Every IPv4 and IPv6 address of the local interfaces (getifaddrs); empty if it fails.
+fn interface_addresses() -> Vec<InterfaceAddress> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list that we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return None;
+        return Vec::new();
     }
-    let mut v4_interfaces: Vec<Vec<u8>> = Vec::new();
-    let mut v6: Vec<(Vec<u8>, std::net::Ipv6Addr)> = Vec::new();
+    let mut addresses = Vec::new();
     let mut entry = list;
     while !entry.is_null() {
         // SAFETY: `entry` is a node of the list getifaddrs returned, not freed yet.
@@ -283,27 +286,85 @@ pub fn global_ipv6_beside(local: std::net::Ipv4Addr) -> Option<std::net::Ipv6Add
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
             .to_bytes()
             .to_vec();
-        // SAFETY: ifa_addr is non-null and starts with a sockaddr whose family tells its real type.
+        // SAFETY: ifa_addr is non-null and starts with a sockaddr whose family tells its real type;
+        // a non-null ifa_netmask has the same family.
         let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if family == libc::AF_INET {
-            // SAFETY: AF_INET addresses are sockaddr_in.
+        let (address, prefix_len) = if family == libc::AF_INET {
+            // SAFETY: AF_INET addresses (and their netmasks) are sockaddr_in.
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            if std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == local {
-                v4_interfaces.push(name);
-            }
+            let mask = (!ifa.ifa_netmask.is_null()).then(|| {
+                // SAFETY: see above.
+                let mask = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+                u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+            });
+            (
+                IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                mask.unwrap_or(32),
+            )
         } else if family == libc::AF_INET6 {
-            // SAFETY: AF_INET6 addresses are sockaddr_in6.
+            // SAFETY: AF_INET6 addresses (and their netmasks) are sockaddr_in6.
             let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-            let addr = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            if !addr.is_loopback() && !addr.is_unicast_link_local() && !addr.is_unspecified() {
-                v6.push((name, addr));
-            }
-        }
+            let mask = (!ifa.ifa_netmask.is_null()).then(|| {
+                // SAFETY: see above.
+                let mask = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in6) };
+                u128::from_be_bytes(mask.sin6_addr.s6_addr).count_ones() as u8
+            });
+            (
+                IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)),
+                mask.unwrap_or(128),
+            )
+        } else {
+            continue;
+        };
+        addresses.push(InterfaceAddress {
+            name,
+            address,
+            prefix_len,
+        });
     }
     // SAFETY: `list` came from a successful getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(list) };
-    v6.into_iter()
-        .filter(|(name, _)| v4_interfaces.contains(name))
-        .map(|(_, addr)| addr)
+    addresses
+}
+
+/// The addresses of the interfaces that hold `local`.
+fn addresses_beside(local: IpAddr) -> Vec<InterfaceAddress> {
+    let addresses = interface_addresses();
+    let interfaces: Vec<Vec<u8>> = addresses
+        .iter()
+        .filter(|a| a.address == local)
+        .map(|a| a.name.clone())
+        .collect();
+    addresses
+        .into_iter()
+        .filter(|a| interfaces.contains(&a.name))
+        .collect()
+}
+
+/// The subnets of the interface that holds `local` (a session's local address): where a single-hop
+/// eBGP peer's next hops must be (RFC 4271 §6.3). Empty if no interface holds it.
+pub fn subnets_beside(local: IpAddr) -> Vec<ipnet::IpNet> {
+    addresses_beside(local)
+        .iter()
+        .filter_map(|a| ipnet::IpNet::new(a.address, a.prefix_len).ok())
+        .map(|net| net.trunc())
+        .collect()
+}
+
+/// A global IPv6 address on the interface that holds `local` (an IPv4 session's local address), to use
+/// as the next hop of IPv6 routes sent over that session: an IPv4-mapped next hop is unusable (BIRD
+/// ignores such routes, the kernel refuses them). Link-local and loopback addresses are skipped; the
+/// lowest address wins so that the choice is stable.
+pub fn global_ipv6_beside(local: std::net::Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+    addresses_beside(IpAddr::V4(local))
+        .iter()
+        .filter_map(|a| match a.address {
+            IpAddr::V6(v6)
+                if !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_unspecified() =>
+            {
+                Some(v6)
+            }
+            _ => None,
+        })
         .min()
 }

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::decision::{Explained, Ineligible, PeerKind, Selected, Verdict};
-use crate::rib::Route;
+use crate::rib::{IgnoredRoute, Route};
 use crate::wire::{Origin, PathAttributes, SegmentType};
 
 /// One peer's session, as `GET /v1/bgp/peers` shows it.
@@ -40,6 +40,9 @@ pub struct PeerStatus {
     pub stale_routes: usize,
     /// UPDATE messages received since the speaker started (all sessions).
     pub updates_received: u64,
+    /// Received routes ignored by error handling or the import check since the speaker started (RFC
+    /// 7606 treat-as-withdraw, RFC 4271 §6.3 NEXT_HOP semantics; `GET /v1/bgp/routes` lists them).
+    pub routes_ignored: u64,
     pub passive: bool,
     pub md5: bool,
     pub ttl_security: Option<u8>,
@@ -66,9 +69,29 @@ pub struct RouteView {
     pub local_pref: Option<u32>,
     pub communities: Vec<String>,
     pub large_communities: Vec<String>,
+    /// Set when the route was received but is not used: why (error handling or a NEXT_HOP check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
 }
 
 impl RouteView {
+    /// A received route that is not in the Adj-RIB-In (its attributes are not kept).
+    pub fn ignored(peer: IpAddr, route: &IgnoredRoute) -> RouteView {
+        RouteView {
+            peer,
+            prefix: route.prefix,
+            path_id: route.path_id,
+            next_hop: route.next_hop,
+            as_path: String::new(),
+            origin: None,
+            med: None,
+            local_pref: None,
+            communities: Vec::new(),
+            large_communities: Vec::new(),
+            ignored: Some(route.reason.to_string()),
+        }
+    }
+
     pub fn new(peer: IpAddr, route: &Route) -> RouteView {
         let attrs = &route.attrs;
         RouteView {
@@ -82,6 +105,7 @@ impl RouteView {
             local_pref: attrs.local_pref,
             communities: communities_text(attrs),
             large_communities: large_communities_text(attrs),
+            ignored: None,
         }
     }
 }

@@ -543,8 +543,13 @@ impl Routing {
         }
         let to_ibgp = !peer.ebgp;
         let communities = &best.path.communities;
+        // RFC 1997: NO_EXPORT_SUBCONFED "MUST NOT be advertised to external BGP peers (including
+        // peers in other members autonomous systems inside a BGP confederation)": without
+        // confederations, the same scope as NO_EXPORT.
         if communities.contains(&Community::NO_ADVERTISE)
-            || (!to_ibgp && communities.contains(&Community::NO_EXPORT))
+            || (!to_ibgp
+                && (communities.contains(&Community::NO_EXPORT)
+                    || communities.contains(&Community::NO_EXPORT_SUBCONFED)))
         {
             return None;
         }

@@ -472,3 +472,33 @@ fn new_session_gets_the_table_then_end_of_rib_and_refresh_resends() {
     });
     assert!(fib(out).is_empty());
 }
+
+#[test]
+fn received_no_export_and_no_advertise_limit_the_export() {
+    // RFC 1997: NO_EXPORT stays inside the AS (iBGP only), NO_ADVERTISE goes to no peer.
+    let mut lab = Lab::new(RoutingConfig::default());
+    lab.peer(2, 65002, PeerRouting::default());
+    lab.peer(3, LOCAL_AS, PeerRouting::default());
+    lab.peer(4, 65004, PeerRouting::default());
+    for (n, asn) in [(2, 65002), (3, LOCAL_AS), (4, 65004)] {
+        lab.up(n, asn);
+    }
+    let mut no_export = path(&[65002], 2);
+    Arc::make_mut(&mut no_export).attrs.communities = vec![Community::NO_EXPORT];
+    let out = lab.announce(2, "10.2.0.0/24", no_export).to_vec();
+    assert_eq!(sent(&out, 3).len(), 1, "iBGP gets a NO_EXPORT route");
+    assert!(sent(&out, 4).is_empty(), "eBGP does not");
+    let mut subconfed = path(&[65002], 2);
+    Arc::make_mut(&mut subconfed).attrs.communities = vec![Community::NO_EXPORT_SUBCONFED];
+    let out = lab.announce(2, "10.4.0.0/24", subconfed).to_vec();
+    assert_eq!(sent(&out, 3).len(), 1);
+    assert!(
+        sent(&out, 4).is_empty(),
+        "NO_EXPORT_SUBCONFED: no eBGP peer either"
+    );
+    let mut no_advertise = path(&[65002], 2);
+    Arc::make_mut(&mut no_advertise).attrs.communities = vec![Community::NO_ADVERTISE];
+    let out = lab.announce(2, "10.3.0.0/24", no_advertise).to_vec();
+    assert!(sent(&out, 3).is_empty() && sent(&out, 4).is_empty());
+    assert_eq!(fib(&out)[0].prefix, net("10.3.0.0/24"), "but it is used");
+}

@@ -28,6 +28,7 @@ pub mod attr_type {
     pub const EXTENDED_COMMUNITIES: u8 = 16;
     pub const AS4_PATH: u8 = 17;
     pub const AS4_AGGREGATOR: u8 = 18;
+    pub const IPV6_EXTENDED_COMMUNITIES: u8 = 25;
     pub const LARGE_COMMUNITY: u8 = 32;
 }
 use attr_type as ty;
@@ -230,6 +231,20 @@ pub struct AttributeError {
     pub action: ErrorAction,
     /// The error RFC 4271 would have reported (its NOTIFICATION is never sent for these).
     pub error: UpdateError,
+}
+
+impl std::fmt::Display for AttributeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let action = match self.action {
+            ErrorAction::AttributeDiscard => "attribute discarded",
+            ErrorAction::TreatAsWithdraw => "treat-as-withdraw",
+        };
+        write!(
+            f,
+            "{} (attribute type {}; {action})",
+            self.error, self.type_code
+        )
+    }
 }
 
 /// Outcome of one attribute's decoding.
@@ -475,6 +490,12 @@ fn decode_one(
             // the approach of "treat-as-withdraw"." (see AsPath::decode for what is malformed)
             let path = AsPath::decode(value, ctx.four_octet_as)
                 .ok_or(Fault::Withdraw(UpdateError::MalformedAsPath))?;
+            // RFC 7607 §2: "An UPDATE message that contains the AS number of zero in the AS_PATH ...
+            // attribute MUST be considered as malformed and be handled by the procedures specified in
+            // [RFC7606]" (treat-as-withdraw, §7.2).
+            if path.contains(0) {
+                return Err(Fault::Withdraw(UpdateError::MalformedAsPath));
+            }
             attrs.as_path = Some(path);
         }
         ty::NEXT_HOP => {
@@ -487,7 +508,10 @@ fn decode_one(
             // RFC 4271 §6.3: "If the NEXT_HOP attribute field is syntactically incorrect, then the Error
             // Subcode MUST be set to Invalid NEXT_HOP Attribute. ... Syntactic correctness means that the
             // NEXT_HOP attribute represents a valid IP host address."
-            if next_hop.is_unspecified() || next_hop.is_multicast() || next_hop.is_broadcast() {
+            // 0.0.0.0, multicast (224/4) and class E (240/4, which holds 255.255.255.255) are never
+            // host addresses. Loopback and our own addresses are session-dependent: checked on import
+            // (`rib::ImportCheck`).
+            if next_hop.is_unspecified() || next_hop.is_multicast() || next_hop.octets()[0] >= 240 {
                 return Err(Fault::Withdraw(UpdateError::InvalidNextHop {
                     attribute: whole(),
                 }));
@@ -525,6 +549,13 @@ fn decode_one(
             // SHALL be handled using the approach of "attribute discard"."
             let aggregator = decode_aggregator(value, ctx.four_octet_as)
                 .ok_or_else(|| Fault::Discard(length_error()))?;
+            // RFC 7607 §2: AS 0 in AGGREGATOR is malformed, handled per RFC 7606 (§7.7: attribute
+            // discard).
+            if aggregator.asn == 0 {
+                return Err(Fault::Discard(UpdateError::OptionalAttribute {
+                    attribute: whole(),
+                }));
+            }
             attrs.aggregator = Some(aggregator);
         }
         ty::COMMUNITIES => {
@@ -621,6 +652,14 @@ fn decode_one(
             // MUST discard these path segments, adjust the relevant attribute fields accordingly, and
             // continue processing the UPDATE message."
             path.segments.retain(|seg| !seg.kind.is_confed());
+            // RFC 7607 §2: "An UPDATE message that contains the AS number of zero in the AS4_PATH ...
+            // attribute MUST be considered as malformed and be handled by the procedures specified in
+            // [RFC6793]", which would discard it and leave AS_TRANS in the path. Reef withdraws instead,
+            // as FRR does: AS 0 in the path the route would really carry means the path is bogus, and
+            // an AS_PATH of AS_TRANS placeholders would make it look valid (docs/RFC_NOTES.md).
+            if path.contains(0) {
+                return Err(Fault::Withdraw(UpdateError::MalformedAsPath));
+            }
             if path.segments.is_empty() {
                 // Nothing left to merge.
                 return Err(Fault::Ignore);
@@ -632,6 +671,13 @@ fn decode_one(
             // AS4_AGGREGATOR attribute." Its length is 8 (4-octet AS, IPv4 address).
             let aggregator =
                 decode_aggregator(value, true).ok_or_else(|| Fault::Discard(length_error()))?;
+            // RFC 7607 §2: AS 0 in AS4_AGGREGATOR is malformed, handled per RFC 6793 (§6: attribute
+            // discard).
+            if aggregator.asn == 0 {
+                return Err(Fault::Discard(UpdateError::OptionalAttribute {
+                    attribute: whole(),
+                }));
+            }
             attrs.as4_aggregator = Some(aggregator);
         }
         ty::LARGE_COMMUNITY => {
@@ -650,6 +696,16 @@ fn decode_one(
                     local_data2: u32::from_be_bytes([c[8], c[9], c[10], c[11]]),
                 })
                 .collect();
+        }
+        ty::IPV6_EXTENDED_COMMUNITIES
+            if flags & fl::OPTIONAL != 0
+                && (value.is_empty() || !value.len().is_multiple_of(20)) =>
+        {
+            // RFC 7606 §7.15: "The IPv6 Address Specific Extended Community attribute SHALL be
+            // considered malformed if its length is not a non-zero multiple of 20. An UPDATE message
+            // with a malformed IPv6 Address Specific Extended Community attribute SHALL be handled using
+            // the approach of "treat-as-withdraw"." Well-formed ones are passed on uninterpreted below.
+            return Err(Fault::Withdraw(length_error()));
         }
         _ => {
             // RFC 4271 §6.3: "If any of the well-known mandatory attributes are not recognized, then the

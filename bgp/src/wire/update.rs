@@ -45,6 +45,9 @@ pub struct Update {
     pub treat_as_withdraw: bool,
     /// Malformed attributes that were discarded or caused treat-as-withdraw.
     pub errors: Vec<AttributeError>,
+    /// The prefixes the UPDATE announced that treat-as-withdraw turned into withdrawals (also in
+    /// `withdrawn`/`mp_unreach`), so that the receiver can show them as ignored with the reason.
+    pub withdrawn_by_error: Vec<Nlri>,
 }
 
 impl Update {
@@ -87,6 +90,7 @@ impl Update {
             raw_attributes: attrs.raw,
             treat_as_withdraw: attrs.treat_as_withdraw,
             errors: attrs.errors,
+            withdrawn_by_error: Vec::new(),
         };
         update.check_mandatory();
         if update.treat_as_withdraw {
@@ -131,6 +135,12 @@ impl Update {
     /// contained routes had been withdrawn just as if they had been listed in the WITHDRAWN ROUTES field
     /// (or in the MP_UNREACH_NLRI attribute if appropriate) of the UPDATE message".
     fn apply_treat_as_withdraw(&mut self) {
+        self.withdrawn_by_error = self
+            .nlri
+            .iter()
+            .chain(self.mp_reach.iter().flat_map(|mp| mp.nlri.iter()))
+            .copied()
+            .collect();
         self.withdrawn.append(&mut self.nlri);
         if let Some(reach) = self.mp_reach.take() {
             if reach.afi_safi == AfiSafi::IPV4_UNICAST {
