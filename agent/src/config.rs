@@ -17,6 +17,7 @@ use reef_crds::Validate;
 use reef_crds::bgp::{BGPFilter, BGPFilterRule, BGPFilterSpec, BfdConfig};
 use serde::Deserialize;
 
+use crate::desired::{DesiredBgp, DesiredPeer, PeerKind};
 use crate::filters::{self, AnyCommunity, parse_community};
 
 /// The largest restart time the graceful restart capability can carry (12 bits, RFC 4724 §3).
@@ -214,13 +215,7 @@ pub struct Peer {
 impl Peer {
     /// The BFD settings when BFD is enabled for this peer.
     pub fn bfd_session(&self) -> Option<reef_bfd::SessionConfig> {
-        let bfd = self.bfd.as_ref().filter(|b| b.enabled)?;
-        let default = reef_bfd::SessionConfig::default();
-        Some(reef_bfd::SessionConfig {
-            min_tx: bfd.min_tx.map_or(default.min_tx, Into::into),
-            min_rx: bfd.min_rx.map_or(default.min_rx, Into::into),
-            multiplier: bfd.multiplier.unwrap_or(default.multiplier),
-        })
+        crate::bfd::session_config(self.bfd.as_ref()?)
     }
 }
 
@@ -409,18 +404,27 @@ impl Config {
         }
     }
 
-    /// The peers with BFD enabled.
-    pub fn bfd_peers(&self) -> Vec<crate::bfd::BfdPeer> {
-        self.peers
-            .iter()
-            .filter_map(|p| {
-                Some(crate::bfd::BfdPeer {
-                    address: p.address,
-                    local: p.source_address,
-                    config: p.bfd_session()?,
-                })
+    /// What the speaker runs: the same model node mode computes from resources.
+    pub fn desired(&self, restarting: bool) -> anyhow::Result<DesiredBgp> {
+        let peers = self
+            .peers()?
+            .into_iter()
+            .zip(&self.peers)
+            .map(|(config, peer)| {
+                let desired = DesiredPeer {
+                    config,
+                    bfd: peer.bfd_session(),
+                    kind: PeerKind::Configured,
+                    origin: "config".to_string(),
+                };
+                (peer.address, desired)
             })
-            .collect()
+            .collect();
+        Ok(DesiredBgp {
+            speaker: self.speaker(restarting),
+            peers,
+            prefixes: self.prefixes.iter().copied().collect(),
+        })
     }
 
     pub fn peers(&self) -> anyhow::Result<Vec<PeerConfig>> {
@@ -446,72 +450,6 @@ impl Config {
                 Ok(peer)
             })
             .collect()
-    }
-}
-
-/// What a reloaded config changes for a running speaker.
-#[derive(Debug, Default, PartialEq)]
-pub struct Reload {
-    /// Peers whose routing settings (filters, communities, flags) changed: applied without a reset.
-    pub routing: Vec<(IpAddr, PeerRouting)>,
-    /// Changes that only take effect after a restart, described for the log.
-    pub needs_restart: Vec<String>,
-}
-
-impl Config {
-    /// Compares `self` (running) with `new` (the file read again).
-    pub fn reload(&self, new: &Config) -> anyhow::Result<Reload> {
-        let old: BTreeMap<IpAddr, PeerConfig> =
-            self.peers()?.into_iter().map(|p| (p.address, p)).collect();
-        let mut reload = Reload::default();
-        let mut seen = HashSet::new();
-        for peer in new.peers()? {
-            seen.insert(peer.address);
-            match old.get(&peer.address) {
-                None => reload
-                    .needs_restart
-                    .push(format!("peer {} added", peer.address)),
-                Some(running) => {
-                    if running.routing != peer.routing {
-                        reload.routing.push((peer.address, peer.routing.clone()));
-                    }
-                    let mut session = peer.clone();
-                    session.routing = running.routing.clone();
-                    if *running != session || self.bfd_changed(new, peer.address) {
-                        reload
-                            .needs_restart
-                            .push(format!("session settings of peer {}", peer.address));
-                    }
-                }
-            }
-        }
-        for address in old.keys().filter(|a| !seen.contains(*a)) {
-            reload.needs_restart.push(format!("peer {address} removed"));
-        }
-        if self.speaker(false).routing != new.speaker(false).routing
-            || self.router_id != new.router_id
-            || self.as_number != new.as_number
-            || self.prefixes != new.prefixes
-            || self.listen.address != new.listen.address
-            || self.listen.port != new.listen.port
-            || self.admin.socket != new.admin.socket
-        {
-            reload
-                .needs_restart
-                .push("speaker settings (routerId, asNumber, listen, admin, prefixes, routeReflectorClusterId, maxPaths, protectedPrefixes, gracefulRestart, fib)".into());
-        }
-        Ok(reload)
-    }
-
-    fn bfd_changed(&self, new: &Config, address: IpAddr) -> bool {
-        let bfd = |config: &Config| {
-            config
-                .peers
-                .iter()
-                .find(|p| p.address == address)
-                .and_then(|p| p.bfd.clone())
-        };
-        bfd(self) != bfd(new)
     }
 }
 
@@ -704,12 +642,18 @@ peers:
             }
         );
 
-        let bfd = config.bfd_peers();
+        let desired = config.desired(false).unwrap();
+        let bfd: Vec<_> = desired.peers.values().filter_map(|p| p.bfd).collect();
         assert_eq!(bfd.len(), 1, "only the peer with bfd.enabled");
-        assert_eq!(bfd[0].local, Some("198.51.100.1".parse().unwrap()));
-        assert_eq!(bfd[0].config.min_rx, Duration::from_millis(100));
-        assert_eq!(bfd[0].config.min_tx, Duration::from_millis(200));
-        assert_eq!(bfd[0].config.multiplier, 5);
+        assert_eq!(bfd[0].min_rx, Duration::from_millis(100));
+        assert_eq!(bfd[0].min_tx, Duration::from_millis(200));
+        assert_eq!(bfd[0].multiplier, 5);
+        let first = &desired.peers[&"198.51.100.2".parse::<IpAddr>().unwrap()];
+        assert_eq!(
+            first.config.source_address,
+            Some("198.51.100.1".parse().unwrap())
+        );
+        assert_eq!(first.kind, PeerKind::Configured);
     }
 
     #[test]
@@ -790,38 +734,6 @@ peers:
                 "{base}peers: [{{address: 198.51.100.2, asNumber: 1, nextHopMode: Sometimes}}]\n"
             ))
             .contains("Sometimes")
-        );
-    }
-
-    #[test]
-    fn reload_applies_routing_changes_and_names_the_rest() {
-        let running = parse(ROUTING_EXAMPLE).unwrap();
-        assert_eq!(
-            running.reload(&parse(ROUTING_EXAMPLE).unwrap()).unwrap(),
-            Reload::default()
-        );
-
-        let changed = ROUTING_EXAMPLE
-            .replace("filters: [no-10-99, v6]", "filters: [v6]")
-            .replace("holdTime: 9", "holdTime: 30")
-            .replace(
-                "asNumber: 64512\n    nextHopMode: Keep",
-                "asNumber: 64512\n    nextHopMode: Keep\n    holdTime: 30",
-            )
-            .replace("maxPaths: 4", "maxPaths: 2");
-        let reload = running.reload(&parse(&changed).unwrap()).unwrap();
-        assert_eq!(reload.routing.len(), 1);
-        assert_eq!(
-            reload.routing[0].0,
-            "198.51.100.2".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(reload.routing[0].1.import.len(), 1);
-        assert_eq!(
-            reload.needs_restart,
-            [
-                "session settings of peer 198.51.100.3",
-                "speaker settings (routerId, asNumber, listen, admin, prefixes, routeReflectorClusterId, maxPaths, protectedPrefixes, gracefulRestart, fib)"
-            ]
         );
     }
 }

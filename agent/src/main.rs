@@ -1,21 +1,27 @@
-//! reefd: the Reef node agent. Speaker mode: a BGP speaker from a YAML file, driven by an admin API
-//! on a unix socket (see README.md).
+//! reefd: the Reef node agent. Node mode (`--node-name`): BGP from the resources of the datastore,
+//! live. Speaker mode (`--config`): a BGP speaker from a YAML file. Both drive the speaker through the
+//! same desired-state path (`desired::BgpRunner`) and serve the admin API on a unix socket (see
+//! README.md).
 
 mod admin;
 mod bfd;
 mod config;
+mod desired;
 mod fib;
 mod filters;
+mod node;
+mod runtime;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use reef_bgp::driver::Speaker;
-use tokio::signal::unix::{SignalKind, signal};
+use ipnet::Ipv4Net;
+use reef_datastore::{Datastore, EtcdConfig};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
+
+use runtime::{Runtime, Signalled, Signals};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -23,16 +29,68 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DatastoreKind {
+    Etcd,
+    Kubernetes,
+}
+
 #[derive(Parser)]
 #[command(
     name = "reefd",
     version,
-    about = "The Reef node agent (speaker mode: BGP from a YAML config)"
+    about = "The Reef node agent: node mode (--node-name, resources from the datastore) or speaker mode (--config, BGP from a YAML file)"
 )]
 struct Cli {
-    /// The YAML config file.
-    #[arg(long, short = 'c')]
-    config: PathBuf,
+    /// Speaker mode: the YAML config file.
+    #[arg(
+        long,
+        short = 'c',
+        conflicts_with = "node_name",
+        required_unless_present = "node_name"
+    )]
+    config: Option<PathBuf>,
+    /// Node mode: this node's name (its ReefNode).
+    #[arg(long, env = "REEF_NODE_NAME")]
+    node_name: Option<String>,
+    /// Node mode: where the resources are.
+    #[arg(long, env = "REEF_DATASTORE", value_enum, default_value = "etcd")]
+    datastore: DatastoreKind,
+    /// Node mode, etcd: client URLs, comma separated.
+    #[arg(
+        long,
+        env = "REEF_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Node mode: how to find the node's IPv4 address: first-found, interface=<regex>,
+    /// can-reach=<ip>, cidr=<cidr>[,<cidr>].
+    #[arg(
+        long,
+        env = "REEF_IP_AUTODETECTION_METHOD",
+        default_value = "first-found"
+    )]
+    ip_autodetection_method: String,
+    /// Node mode: the node's IPv4 address with its prefix length (skips autodetection).
+    #[arg(long, env = "REEF_NODE_IP")]
+    node_ip: Option<Ipv4Net>,
+    /// Node mode: the node's AS number, written to its ReefNode (default: the BGPConfiguration's).
+    #[arg(long, env = "REEF_AS_NUMBER")]
+    as_number: Option<u32>,
+    /// Node mode: the namespace of the Secrets holding BGP passwords.
+    #[arg(long, env = "REEF_SECRETS_NAMESPACE", default_value = "reef")]
+    secrets_namespace: String,
+    /// Node mode: the kernel table for learned routes.
+    #[arg(long, env = "REEF_FIB_TABLE", default_value_t = reef_felix::fib::MAIN_TABLE)]
+    fib_table: u32,
+    /// Node mode: the admin API socket (speaker mode: `admin.socket` of the file).
+    #[arg(
+        long,
+        env = "REEF_ADMIN_SOCKET",
+        default_value = "/run/reef/reefd.sock"
+    )]
+    admin_socket: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Log level or tracing filter; RUST_LOG overrides it.
@@ -56,130 +114,105 @@ fn init_logging(cli: &Cli) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli);
-    let mut config = config::Config::load(&cli.config)?;
+    let signals = Signals::install()?;
+    match (&cli.config, &cli.node_name) {
+        (Some(path), _) => speaker_mode(path, signals).await,
+        (None, Some(name)) => node_mode(&cli, name, signals).await,
+        // clap requires one of them.
+        (None, None) => bail!("give --config FILE (speaker mode) or --node-name NAME (node mode)"),
+    }
+}
 
+async fn node_mode(cli: &Cli, name: &str, signals: Signals) -> anyhow::Result<()> {
+    let datastore = match cli.datastore {
+        DatastoreKind::Etcd => Datastore::etcd(EtcdConfig::new(cli.etcd_endpoints.clone()))
+            .await
+            .with_context(|| format!("cannot use etcd at {}", cli.etcd_endpoints.join(",")))?,
+        DatastoreKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot build a Kubernetes client (in-cluster or KUBECONFIG)")?;
+            Datastore::kubernetes(client)
+        }
+    };
+    let address = match cli.node_ip {
+        Some(address) => node::AddressSource::Given(address),
+        None => node::AddressSource::Detect(
+            cli.ip_autodetection_method
+                .parse()
+                .context("--ip-autodetection-method")?,
+        ),
+    };
+    node::run(
+        node::NodeOptions {
+            name: name.to_string(),
+            datastore,
+            address,
+            as_number: cli.as_number,
+            secrets_namespace: cli.secrets_namespace.clone(),
+            fib_table: cli.fib_table,
+            admin_socket: cli.admin_socket.clone(),
+        },
+        signals,
+    )
+    .await
+}
+
+async fn speaker_mode(path: &std::path::Path, mut signals: Signals) -> anyhow::Result<()> {
+    let mut config = config::Config::load(path)?;
     // The kernel table is read before the speaker starts: Reef routes left there by a previous run
     // make this start a graceful restart (they stay until the Loc-RIB has converged).
     let fib = match &config.fib {
-        Some(fib) => {
-            let table = fib.table;
-            let fib = tokio::task::spawn_blocking(move || fib::Fib::open(table))
-                .await
-                .context("the FIB task failed")?
-                .with_context(|| format!("cannot read the kernel routing table {table}"))?;
-            Some(fib)
-        }
+        Some(fib) => Some(runtime::open_fib(fib.table).await?),
         None => None,
     };
-    let left_over = fib.as_ref().map_or(0, fib::Fib::installed_routes);
-    let restarting = left_over > 0;
-    if restarting {
-        info!(
-            routes = left_over,
-            "Reef routes found in the kernel: they stay until every peer's End-of-RIB"
-        );
-    }
-
-    let speaker_config = config.speaker(restarting);
-    let listen = speaker_config.listen;
-    let speaker = Speaker::start(speaker_config, config.peers()?, config.prefixes.clone())
-        .await
-        .with_context(|| format!("cannot start the BGP speaker (listen {listen:?})"))?;
-    let speaker = Arc::new(speaker);
-    let fib_stats = fib.as_ref().map(fib::Fib::stats);
-    let fib_task = match fib {
-        Some(fib) => {
-            let updates = speaker
-                .take_fib_updates()
-                .context("the speaker gives no FIB updates")?;
-            Some(fib::FibTask::start(fib, updates))
-        }
-        None => None,
-    };
-    let bfd = bfd::start(speaker.clone(), config.bfd_peers())?;
-    let admin = admin::serve(
-        &config.admin.socket,
-        admin::AdminState {
-            speaker: speaker.clone(),
-            fib: fib_stats,
-        },
-    )
-    .await?;
+    let restarting = fib.as_ref().is_some_and(|f| f.installed_routes() > 0);
+    let desired = config.desired(restarting)?;
+    let mut runtime = Runtime::start(&desired, fib, &config.admin.socket).await?;
     info!(
         router_id = %config.router_id, asn = config.as_number, peers = config.peers.len(),
         admin = %config.admin.socket.display(), "reefd started (speaker mode)"
     );
-
-    let mut terminate =
-        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut interrupt =
-        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-    let admin_socket = config.admin.socket.clone();
     loop {
-        tokio::select! {
-            _ = terminate.recv() => {
-                info!("SIGTERM: shutting down");
+        match signals.next().await {
+            Signalled::Stop(name) => {
+                info!("{name}: shutting down");
                 break;
             }
-            _ = interrupt.recv() => {
-                info!("SIGINT: shutting down");
-                break;
-            }
-            _ = hangup.recv() => {
-                if let Some(reloaded) = reload(&cli.config, &config, &speaker) {
+            Signalled::Reload => {
+                if let Some(reloaded) = reload(path, &mut runtime).await {
                     config = reloaded;
                 }
             }
         }
     }
-    bfd.stop().await;
-    let graceful_restart = config.graceful_restart.is_some();
-    if graceful_restart {
-        // Sessions closed without NOTIFICATION: peers keep our routes (and we keep theirs in the
-        // kernel) for the restart time.
-        speaker.shutdown_for_restart().await;
-    } else {
-        // Cease/Administrative Shutdown to every peer before we go.
-        speaker.shutdown().await;
-    }
-    if let Some(fib_task) = fib_task {
-        fib_task.stop(!graceful_restart).await;
-    }
-    admin.abort();
-    let _ = std::fs::remove_file(&admin_socket);
+    runtime.stop(config.graceful_restart.is_some()).await;
     info!("reefd stopped");
     Ok(())
 }
 
-/// SIGHUP: reads the config file again and applies peers' routing changes (filters, communities,
-/// route reflection, next hop mode, limits) without resetting sessions; other changes are logged as
-/// needing a restart. Returns the config now in effect, `None` when the file was refused.
-fn reload(
-    path: &std::path::Path,
-    running: &config::Config,
-    speaker: &Speaker,
-) -> Option<config::Config> {
-    let loaded = config::Config::load(path)
-        .and_then(|new| running.reload(&new).map(|changes| (changes, new)));
-    let (changes, new) = match loaded {
+/// SIGHUP: reads the config file again and applies it live (peers added, removed and changed, routing
+/// settings without a reset, prefixes). Returns the config now in effect, `None` when the file was
+/// refused.
+async fn reload(path: &std::path::Path, runtime: &mut Runtime) -> Option<config::Config> {
+    let loaded = config::Config::load(path).and_then(|new| {
+        let desired = new.desired(false)?;
+        Ok((new, desired))
+    });
+    let (new, desired) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             warn!(error = format!("{e:#}"), "SIGHUP: config not reloaded");
             return None;
         }
     };
-    for (address, routing) in changes.routing {
-        match speaker.set_peer_routing(address, routing) {
-            Ok(()) => info!(peer = %address, "SIGHUP: peer routing updated"),
-            Err(e) => warn!(peer = %address, error = %e, "SIGHUP: peer routing not updated"),
-        }
-    }
-    for change in &changes.needs_restart {
-        warn!(
-            change,
-            "SIGHUP: this change takes effect at the next restart"
-        );
+    match runtime.bgp.apply(&desired).await {
+        Ok(applied) => info!(
+            changed = applied.changes.len(),
+            refused = applied.errors.len(),
+            "SIGHUP: config applied"
+        ),
+        Err(e) => warn!(error = format!("{e:#}"), "SIGHUP: config partly applied"),
     }
     Some(new)
 }

@@ -10,6 +10,7 @@ mod router;
 pub mod socket;
 mod status;
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -92,6 +93,39 @@ impl PeerConfig {
         }
     }
 
+    /// Equal in everything a session is built from (all but `routing`): a change of any of these
+    /// needs a new session, a change of `routing` only re-evaluates routes.
+    fn same_session(&self, other: &PeerConfig) -> bool {
+        PeerConfig {
+            routing: PeerRouting::default(),
+            ..self.clone()
+        } == PeerConfig {
+            routing: PeerRouting::default(),
+            ..other.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpeakerError> {
+        if self.hold_time == 1 || self.hold_time == 2 {
+            return Err(SpeakerError::InvalidConfig(format!(
+                "peer {}: holdTime must be 0 or at least 3 seconds",
+                self.address
+            )));
+        }
+        if self
+            .password
+            .as_ref()
+            .is_some_and(|key| key.len() > socket::MD5_MAX_KEY_LEN)
+        {
+            return Err(SpeakerError::InvalidConfig(format!(
+                "peer {}: the TCP MD5 password is longer than {} bytes",
+                self.address,
+                socket::MD5_MAX_KEY_LEN
+            )));
+        }
+        Ok(())
+    }
+
     fn is_ebgp(&self, local_as: u32) -> bool {
         self.local_as.unwrap_or(local_as) != self.remote_as
     }
@@ -104,6 +138,17 @@ impl PeerConfig {
             ttl_security_hops: self.ttl_security,
         }
     }
+}
+
+/// What [`Speaker::update_peer`] and [`Speaker::set_peers`] did to one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    Added,
+    Removed,
+    /// Only routing settings changed: routes re-evaluated, the session kept.
+    RoutingUpdated,
+    /// A session setting changed: that session was closed (Cease) and started again.
+    SessionReset,
 }
 
 /// Errors of the speaker's control API.
@@ -275,12 +320,7 @@ impl Speaker {
 
     /// Adds a peer at runtime (its MD5 key goes on the listening socket first) and starts its session.
     pub fn add_peer(&self, config: PeerConfig) -> Result<(), SpeakerError> {
-        if config.hold_time == 1 || config.hold_time == 2 {
-            return Err(SpeakerError::InvalidConfig(format!(
-                "peer {}: holdTime must be 0 or at least 3 seconds",
-                config.address
-            )));
-        }
+        config.validate()?;
         let mut peers = lock(&self.shared.peers);
         if peers.contains_key(&config.address) {
             return Err(SpeakerError::DuplicatePeer(config.address));
@@ -388,6 +428,97 @@ impl Speaker {
                 LocRibRouteView::new(*prefix, selected, paths)
             })
             .collect()
+    }
+
+    /// Applies a peer's new configuration. Unchanged: nothing happens (`None`). Only
+    /// [`PeerConfig::routing`] changed: its routes are re-evaluated without a reset. A session setting
+    /// (address, port, AS, password, timers, TTL, source address, next hops) changed: only this session
+    /// is closed with Cease and started again with the new settings.
+    pub async fn update_peer(
+        &self,
+        config: PeerConfig,
+    ) -> Result<Option<PeerChange>, SpeakerError> {
+        config.validate()?;
+        let running = lock(&self.shared.peers)
+            .get(&config.address)
+            .map(|h| h.config.clone())
+            .ok_or(SpeakerError::UnknownPeer(config.address))?;
+        if running == config {
+            return Ok(None);
+        }
+        if running.same_session(&config) {
+            self.set_peer_routing(config.address, config.routing)?;
+            return Ok(Some(PeerChange::RoutingUpdated));
+        }
+        self.remove_peer(config.address).await?;
+        self.add_peer(config)?;
+        Ok(Some(PeerChange::SessionReset))
+    }
+
+    /// Makes the configured peers exactly `peers` (one per address; a later duplicate is refused):
+    /// adds the new ones, removes the ones not listed, and updates the others with
+    /// [`Speaker::update_peer`], so that sessions whose settings did not change are not touched.
+    /// Returns what changed per peer; a peer that could not be applied has its error and the others
+    /// are applied anyway.
+    pub async fn set_peers(
+        &self,
+        peers: Vec<PeerConfig>,
+    ) -> Vec<(IpAddr, Result<PeerChange, SpeakerError>)> {
+        let mut wanted: BTreeMap<IpAddr, PeerConfig> = BTreeMap::new();
+        let mut results = Vec::new();
+        for peer in peers {
+            let address = peer.address;
+            match wanted.entry(address) {
+                Entry::Occupied(_) => {
+                    results.push((address, Err(SpeakerError::DuplicatePeer(address))))
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(peer);
+                }
+            }
+        }
+        let running: Vec<IpAddr> = lock(&self.shared.peers).keys().copied().collect();
+        for address in running.iter().filter(|a| !wanted.contains_key(a)) {
+            let result = self
+                .remove_peer(*address)
+                .await
+                .map(|()| PeerChange::Removed);
+            results.push((*address, result));
+        }
+        for (address, peer) in wanted {
+            let result = if running.contains(&address) {
+                match self.update_peer(peer).await {
+                    Ok(None) => continue,
+                    Ok(Some(change)) => Ok(change),
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.add_peer(peer).map(|()| PeerChange::Added)
+            };
+            results.push((address, result));
+        }
+        results
+    }
+
+    /// The configuration a peer runs with.
+    pub fn peer_config(&self, address: IpAddr) -> Option<PeerConfig> {
+        lock(&self.shared.peers)
+            .get(&address)
+            .map(|h| h.config.clone())
+    }
+
+    /// Makes the locally originated prefixes exactly `prefixes`; returns how many were advertised and
+    /// withdrawn.
+    pub fn set_prefixes(&self, prefixes: &BTreeSet<IpNet>) -> (usize, usize) {
+        let wanted: BTreeSet<IpNet> = prefixes.iter().map(IpNet::trunc).collect();
+        let current = self.prefixes();
+        let withdrawn = current
+            .iter()
+            .filter(|p| !wanted.contains(p))
+            .filter(|p| self.withdraw(**p))
+            .count();
+        let advertised = wanted.iter().filter(|p| self.advertise(**p)).count();
+        (advertised, withdrawn)
     }
 
     /// Stops a peer's session (Cease/Administrative Shutdown) and forgets it.
