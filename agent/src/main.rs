@@ -6,6 +6,7 @@ mod bfd;
 mod config;
 mod fib;
 mod filters;
+mod metrics;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +39,12 @@ struct Cli {
     /// Log level or tracing filter; RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Group of the admin socket (name or gid): its members may use reefctl bgp/node.
+    #[arg(long, env = "REEF_ADMIN_GROUP")]
+    admin_group: Option<String>,
+    /// Serve /healthz, /readyz and /metrics over HTTP here (e.g. 0.0.0.0:9099).
+    #[arg(long, env = "REEF_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
 }
 
 fn init_logging(cli: &Cli) {
@@ -97,14 +104,22 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let bfd = bfd::start(speaker.clone(), config.bfd_peers())?;
-    let admin = admin::serve(
-        &config.admin.socket,
-        admin::AdminState {
-            speaker: speaker.clone(),
-            fib: fib_stats,
-        },
-    )
-    .await?;
+    let admin_state = admin::AdminState {
+        speaker: speaker.clone(),
+        fib: fib_stats,
+        metrics: Arc::new(metrics::Metrics::new()),
+        // Speaker mode has no datastore: ready once the speaker, FIB task and BFD run.
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    };
+    let admin_socket = admin::AdminSocket {
+        path: config.admin.socket.clone(),
+        group: cli.admin_group.clone(),
+    };
+    let admin = admin::serve(&admin_socket, admin_state.clone()).await?;
+    let health = match cli.health_listen {
+        Some(address) => Some(admin::serve_health(address, admin_state).await?.0),
+        None => None,
+    };
     info!(
         router_id = %config.router_id, asn = config.as_number, peers = config.peers.len(),
         admin = %config.admin.socket.display(), "reefd started (speaker mode)"
@@ -147,6 +162,9 @@ async fn main() -> anyhow::Result<()> {
         fib_task.stop(!graceful_restart).await;
     }
     admin.abort();
+    if let Some(health) = health {
+        health.abort();
+    }
     let _ = std::fs::remove_file(&admin_socket);
     info!("reefd stopped");
     Ok(())
