@@ -18,6 +18,8 @@ use crate::output::{Format, cell, structured, table};
 const API_VERSION: &str = "reef.dev/v1";
 /// Namespace of a namespaced kind when none is given (as kubectl).
 const DEFAULT_NAMESPACE: &str = "default";
+/// Metadata the datastore sets: kept on update when the file has none.
+const SERVER_SET_METADATA: [&str; 3] = ["creationTimestamp", "uid", "generation"];
 /// What `get` prints instead of a secret's value.
 const REDACTED: &str = "<redacted>";
 
@@ -777,8 +779,8 @@ async fn list(
 }
 
 /// Create, or compare-and-swap update: with the document's `resourceVersion` when it carries one (so an
-/// object changed since it was read is a conflict), else with the stored one. The stored status is kept
-/// when the document has none. Returns what happened.
+/// object changed since it was read is a conflict), else with the stored one. The stored status and
+/// server-set metadata are kept when the document has none. Returns what happened.
 async fn apply_one<K: Object + Validate>(
     datastore: &Datastore,
     target: &Target,
@@ -825,6 +827,14 @@ async fn apply_one<K: Object + Validate>(
         && let Some(status) = stored.get("status")
     {
         document["status"] = status.clone();
+    }
+    // Fields the datastore sets stay as they are.
+    for field in SERVER_SET_METADATA {
+        if document["metadata"].get(field).is_none()
+            && let Some(value) = stored["metadata"].get(field)
+        {
+            document["metadata"][field] = value.clone();
+        }
     }
     let revision = expected.clone().or(current.clone());
     document["metadata"]["resourceVersion"] = json!(revision.as_ref().map(Revision::as_str));

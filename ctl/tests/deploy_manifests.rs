@@ -147,14 +147,7 @@ fn rbac_grants_exactly_what_reefd_and_reef_cni_use() {
     let account = &m.service_accounts[0].metadata;
     let namespace = m.namespaces[0].metadata.name.as_deref();
     assert_eq!(account.namespace.as_deref(), namespace);
-    let pod = m.daemon_sets[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = m.daemon_sets[0].spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.service_account_name, account.name);
     let binding = &m.cluster_role_bindings[0];
     assert_eq!(
@@ -186,14 +179,7 @@ fn daemonset_runs_privileged_on_the_host_network_with_probes_on_the_health_port(
         .parse()
         .unwrap();
     let daemon_set = &m.daemon_sets[0];
-    let pod = daemon_set
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = daemon_set.spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.host_network, Some(true));
     // Shorter than the default graceful restart time (120 s): the peers keep our routes while the
     // pod is replaced.
