@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ipnet::IpNet;
 use reef_bgp::driver::{PeerStatus, RouteView, Speaker, SpeakerError};
-use reef_bgp::fsm::State as SessionState;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::{TcpListener, UnixListener};
