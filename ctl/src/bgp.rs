@@ -148,7 +148,7 @@ async fn call(
         } else {
             "is reefd running? use --socket"
         };
-        Classified::new(
+        Classified::error(
             Failure::Unreachable,
             format!("cannot reach reefd at {}: {e} ({hint})", socket.display()),
         )
@@ -189,7 +189,7 @@ async fn call(
             StatusCode::BAD_REQUEST => Failure::Invalid,
             _ => Failure::Error,
         };
-        return Err(Classified::new(
+        return Err(Classified::error(
             failure,
             format!("reefd: {message} (HTTP {status})"),
         ));

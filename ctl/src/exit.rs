@@ -33,7 +33,8 @@ pub struct Classified {
 }
 
 impl Classified {
-    pub fn new(failure: Failure, message: impl Into<String>) -> anyhow::Error {
+    /// An `anyhow::Error` with this failure kind and message.
+    pub fn error(failure: Failure, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Classified {
             failure,
             message: message.into(),

@@ -69,7 +69,7 @@ async fn status(
                 .await
                 .with_context(|| format!("reading ReefNode {name}"))?
                 .ok_or_else(|| {
-                    Classified::new(
+                    Classified::error(
                         Failure::NotFound,
                         format!("ReefNode {name} not found: has reefd registered this node? (list them: reefctl get reefnodes; pick one with --node)"),
                     )

@@ -517,7 +517,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
                 }]
             }
             (None, _, _) => {
-                return Err(Classified::new(
+                return Err(Classified::error(
                     Failure::Usage,
                     "give KIND NAME or -f FILE (e.g. reefctl delete bgppeer rack1-tor)",
                 ));
@@ -559,7 +559,7 @@ impl NamespaceArgs {
 
 fn parse_kind(text: &str) -> anyhow::Result<Kind> {
     Kind::parse(text).ok_or_else(|| {
-        Classified::new(
+        Classified::error(
             Failure::Usage,
             format!(
                 "unknown resource kind {text:?}: use one of {}",
@@ -570,7 +570,7 @@ fn parse_kind(text: &str) -> anyhow::Result<Kind> {
 }
 
 fn not_found(target: &Target) -> anyhow::Error {
-    Classified::new(
+    Classified::error(
         Failure::NotFound,
         format!(
             "{target} not found (list them: reefctl get {})",
@@ -590,11 +590,11 @@ fn read_documents(path: &Path) -> anyhow::Result<Vec<Value>> {
             } else {
                 Failure::Error
             };
-            Classified::new(failure, format!("cannot read {}: {e}", path.display()))
+            Classified::error(failure, format!("cannot read {}: {e}", path.display()))
         })?
     };
     let documents: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| {
-        Classified::new(
+        Classified::error(
             Failure::Invalid,
             format!("{} is not valid YAML: {e}", path.display()),
         )
@@ -610,7 +610,7 @@ fn read_documents(path: &Path) -> anyhow::Result<Vec<Value>> {
         }
     }
     if out.is_empty() {
-        return Err(Classified::new(
+        return Err(Classified::error(
             Failure::Invalid,
             format!("{} holds no resources", path.display()),
         ));
@@ -620,7 +620,7 @@ fn read_documents(path: &Path) -> anyhow::Result<Vec<Value>> {
 
 /// Kind, namespace and name of a document, checked.
 fn target_of(document: &Value, scope: &NamespaceArgs) -> anyhow::Result<Target> {
-    let invalid = |message: String| Classified::new(Failure::Invalid, message);
+    let invalid = |message: String| Classified::error(Failure::Invalid, message);
     let kind_text = document.get("kind").and_then(Value::as_str).unwrap_or("");
     let name = document
         .pointer("/metadata/name")
@@ -670,7 +670,7 @@ fn target_of(document: &Value, scope: &NamespaceArgs) -> anyhow::Result<Target> 
 /// The document as the resource type; the error names the field that does not fit.
 fn decode<K: Object>(target: &Target, document: &Value) -> anyhow::Result<K> {
     let object: K = serde_path_to_error::deserialize(document).map_err(|e| {
-        Classified::new(
+        Classified::error(
             Failure::Invalid,
             format!(
                 "{target}: {}: {} (nothing was written)",
@@ -684,7 +684,7 @@ fn decode<K: Object>(target: &Target, document: &Value) -> anyhow::Result<K> {
     let mut unknown = Vec::new();
     unknown_fields("", document, &written, &mut unknown);
     if !unknown.is_empty() {
-        return Err(Classified::new(
+        return Err(Classified::error(
             Failure::Invalid,
             format!(
                 "{target}: unknown field{} {}: check the spelling (field names are Calico's, camelCase) (nothing was written)",
@@ -734,7 +734,7 @@ fn unknown_fields(path: &str, read: &Value, written: &Value, unknown: &mut Vec<S
 }
 
 fn invalid_object(target: &Target, errors: &reef_crds::ValidationErrors) -> anyhow::Error {
-    Classified::new(
+    Classified::error(
         Failure::Invalid,
         format!("{target} is invalid: {errors} (nothing was written)"),
     )
@@ -801,7 +801,7 @@ async fn apply_one<K: Object + Validate>(
         .with_context(|| format!("reading {target}"))?;
     let Some(existing) = existing else {
         if expected.is_some() {
-            return Err(Classified::new(
+            return Err(Classified::error(
                 Failure::Conflict,
                 format!(
                     "{target} was deleted since it was read (its file carries a resourceVersion): remove metadata.resourceVersion to create it again"
@@ -813,7 +813,7 @@ async fn apply_one<K: Object + Validate>(
             .validate()
             .map_err(|errors| invalid_object(target, &errors))?;
         store.create(&object).await.map_err(|e| match e {
-            reef_datastore::Error::AlreadyExists => Classified::new(
+            reef_datastore::Error::AlreadyExists => Classified::error(
                 Failure::Conflict,
                 format!("{target} was created by someone else meanwhile: apply again"),
             ),
@@ -849,7 +849,7 @@ async fn apply_one<K: Object + Validate>(
     match store.update(&object).await {
         Ok(_) => Ok("configured"),
         Err(reef_datastore::Error::Conflict) => Err(stale(target, revision.as_ref(), None)),
-        Err(reef_datastore::Error::NotFound) => Err(Classified::new(
+        Err(reef_datastore::Error::NotFound) => Err(Classified::error(
             Failure::Conflict,
             format!("{target} was deleted while it was applied: apply again"),
         )),
@@ -868,7 +868,7 @@ fn stale(
         }
         _ => String::new(),
     };
-    Classified::new(
+    Classified::error(
         Failure::Conflict,
         format!(
             "{target} was changed by someone else since it was read{revisions}: get it again (reefctl get {} {} -o yaml), redo your change and apply, or remove metadata.resourceVersion to overwrite",
