@@ -1,9 +1,15 @@
-//! The admin API: HTTP/1.1 over a unix socket (routes in README.md).
+//! The admin API: HTTP/1.1 over a unix socket (routes in README.md), and the read-only health and
+//! metrics endpoints over TCP for the kubelet's probes and Prometheus.
+//!
+//! Access: the socket is created with mode 0660 (owner and group; never the umask's choice) and the
+//! group given in [`AdminSocket`], and it is the only way to the verbs that change routing (advertise,
+//! withdraw, refresh). The TCP listener serves `/healthz`, `/readyz` and `/metrics` only.
 
-use std::fmt::Write as _;
-use std::net::IpAddr;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use axum::Router;
@@ -14,13 +20,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ipnet::IpNet;
 use reef_bgp::driver::{PeerStatus, RouteView, Speaker, SpeakerError};
-use reef_bgp::fsm::State as SessionState;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::check_prefix;
 use crate::fib::FibStats;
+use crate::metrics::Metrics;
+
+/// Mode of the admin socket: read and write (= connect) for its owner and group only.
+pub const SOCKET_MODE: u32 = 0o660;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -28,6 +37,18 @@ pub struct AdminState {
     pub speaker: Arc<Speaker>,
     /// Set when reefd programs kernel routes.
     pub fib: Option<Arc<FibStats>>,
+    pub metrics: Arc<Metrics>,
+    /// `/readyz` answers 200 once this is true (datastore synced and dataplane programmed).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Where the admin socket is and who may use it.
+#[derive(Clone, Debug)]
+pub struct AdminSocket {
+    pub path: PathBuf,
+    /// Group owning the socket (a name from /etc/group or a numeric gid); its members may use the
+    /// API. `None`: reefd's own group.
+    pub group: Option<String>,
 }
 
 impl FromRef<AdminState> for Arc<Speaker> {
@@ -65,9 +86,20 @@ impl From<SpeakerError> for ApiError {
     }
 }
 
+/// The routes the TCP listener serves: health and metrics, nothing that changes or lists routing.
+fn health_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Every route: the admin socket's.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/bgp/peers", get(peers))
         .route("/v1/bgp/routes", get(routes))
@@ -82,27 +114,112 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Binds the socket (replacing a stale one, creating the directory) and serves until the task ends.
-pub async fn serve(path: &Path, state: AdminState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot remove stale socket {}", path.display()));
-        }
-    }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot bind admin socket {}", path.display()))?;
+/// Binds the socket (mode 0660, the configured group; replacing a stale one, creating the directory)
+/// and serves until the task is aborted.
+pub async fn serve(
+    socket: &AdminSocket,
+    state: AdminState,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = bind_socket(socket)?;
     let app = router(state);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     }))
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` over HTTP on `address` until the task is aborted;
+/// returns the task and the address bound (port 0 = any).
+pub async fn serve_health(
+    address: SocketAddr,
+    state: AdminState,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot bind the health port {address}"))?;
+    let bound = listener.local_addr()?;
+    let app = health_router(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health endpoint stopped");
+        }
+    });
+    Ok((task, bound))
+}
+
+/// The group's id: a number as is, a name looked up in /etc/group.
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    groups
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(group))
+                .then(|| fields.nth(1)?.parse().ok())
+                .flatten()
+        })
+        .with_context(|| {
+            format!(
+                "admin socket group {group:?} is not in /etc/group: create it or give a numeric gid"
+            )
+        })
+}
+
+/// Creates the socket with its final mode and group before it appears at its path: it is bound in
+/// a private (0700) directory beside it, given mode and group there, then renamed into place. So no
+/// client can connect while it still has the permissions the umask gave it.
+fn bind_socket(socket: &AdminSocket) -> anyhow::Result<UnixListener> {
+    let path = &socket.path;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let gid = socket.group.as_deref().map(group_id).transpose()?;
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("admin socket {} has no file name", path.display()))?;
+    let staging = dir.join(format!(
+        ".{}.{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    // A staging directory left by a crashed run of the same pid (a restarted container) goes first.
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let bound = (|| {
+        let temporary = staging.join("sock");
+        let listener = UnixListener::bind(&temporary)
+            .with_context(|| format!("cannot bind admin socket {}", path.display()))?;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(SOCKET_MODE))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&temporary, None, Some(gid)).with_context(|| {
+                format!("cannot give admin socket {} to group {gid}", path.display())
+            })?;
+        }
+        // rename(2) replaces a stale socket atomically.
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("cannot move the admin socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
 }
 
 async fn peers(State(speaker): Api) -> axum::Json<Vec<PeerStatus>> {
@@ -246,100 +363,8 @@ fn explain(speaker: &Speaker, text: &str) -> Result<Response, ApiError> {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let peers = state.speaker.peers();
-    let mut text = render_metrics(&peers);
-    if let Some(fib) = &state.fib {
-        render_fib_metrics(&mut text, fib);
-    }
+    let text = state.metrics.render(&peers, state.fib.as_deref());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
-}
-
-/// Prometheus text of the kernel route programming.
-pub fn render_fib_metrics(out: &mut String, fib: &FibStats) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let metrics = [
-        (
-            "reef_fib_routes",
-            "gauge",
-            "Reef routes installed in the kernel routing table.",
-            fib.routes.load(Relaxed),
-        ),
-        (
-            "reef_fib_errors_total",
-            "counter",
-            "Route operations the kernel refused and failed netlink exchanges.",
-            fib.errors.load(Relaxed),
-        ),
-        (
-            "reef_fib_synced",
-            "gauge",
-            "1 once the kernel table was synced with the converged Loc-RIB.",
-            fib.synced.load(Relaxed),
-        ),
-    ];
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-}
-
-/// Name, help text and value of a per-peer metric.
-type PeerGauge = (&'static str, &'static str, fn(&PeerStatus) -> u64);
-
-/// Prometheus text exposition of the session and prefix gauges.
-pub fn render_metrics(peers: &[PeerStatus]) -> String {
-    let mut out = String::new();
-    out.push_str(
-        "# HELP reef_bgp_sessions BGP sessions by state.\n# TYPE reef_bgp_sessions gauge\n",
-    );
-    for state in SessionState::ALL {
-        let count = peers.iter().filter(|p| p.state == state.name()).count();
-        let _ = writeln!(
-            out,
-            "reef_bgp_sessions{{state=\"{}\"}} {count}",
-            state.name()
-        );
-    }
-    let gauges: [PeerGauge; 5] = [
-        (
-            "reef_bgp_session_established",
-            "1 if the session is Established.",
-            |p| u64::from(p.state == "Established"),
-        ),
-        (
-            "reef_bgp_prefixes_received",
-            "Routes in the peer's Adj-RIB-In.",
-            |p| p.prefixes_received as u64,
-        ),
-        (
-            "reef_bgp_prefixes_advertised",
-            "Prefixes advertised to the peer.",
-            |p| p.prefixes_advertised as u64,
-        ),
-        (
-            "reef_bgp_updates_received_total",
-            "UPDATE messages received from the peer.",
-            |p| p.updates_received,
-        ),
-        (
-            "reef_bgp_routes_ignored_total",
-            "Received routes ignored by error handling or NEXT_HOP checks.",
-            |p| p.routes_ignored,
-        ),
-    ];
-    for (name, help, value) in gauges {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for peer in peers {
-            let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", peer.address, value(peer));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -349,9 +374,131 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
 
+    /// A speaker that does not listen, with one passive peer 192.0.2.2 (AS 65001).
+    async fn passive_speaker() -> Arc<Speaker> {
+        let config = SpeakerConfig {
+            router_id: "192.0.2.1".parse().unwrap(),
+            local_as: 64512,
+            listen: None,
+            routing: Default::default(),
+        };
+        let mut peer = PeerConfig::new("192.0.2.2".parse().unwrap(), 65001);
+        peer.passive = true;
+        Arc::new(Speaker::start(config, vec![peer], vec![]).await.unwrap())
+    }
+
+    /// `curl` run as uid/gid 65534 with the supplementary `groups`, advertising a prefix through
+    /// the socket: the HTTP status, or `None` when it could not connect.
+    async fn advertise_as_nobody(socket: &Path, groups: &str) -> Option<u16> {
+        let output = tokio::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534"])
+            .arg(if groups.is_empty() {
+                "--clear-groups".to_string()
+            } else {
+                format!("--groups={groups}")
+            })
+            .args([
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(socket)
+            .args(["-X", "POST", "-d", r#"{"prefix":"10.65.0.0/26"}"#])
+            .arg("http://reefd/v1/bgp/prefixes")
+            .output()
+            .await
+            .expect("run setpriv and curl");
+        String::from_utf8_lossy(&output.stdout)
+            .parse()
+            .ok()
+            .filter(|&code| code != 0)
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root: connects as another uid through setpriv"]
+    async fn admin_socket_is_0660_with_its_group_whatever_the_umask() {
+        // With umask 0 a plain bind would leave the socket 0777: open to every local user.
+        // SAFETY: umask(2) cannot fail; nextest runs each test in its own process.
+        unsafe { libc::umask(0) };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("reefd.sock");
+        std::fs::write(&socket, "stale").unwrap();
+        let speaker = passive_speaker().await;
+        let server = serve(
+            &AdminSocket {
+                path: socket.clone(),
+                group: Some("4242".into()),
+            },
+            AdminState {
+                speaker: speaker.clone(),
+                fib: None,
+                metrics: Arc::new(Metrics::new()),
+                ready: Arc::new(AtomicBool::new(true)),
+            },
+        )
+        .await
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(&socket).unwrap();
+        assert_eq!(
+            metadata.mode() & 0o7777,
+            SOCKET_MODE,
+            "{:o}",
+            metadata.mode()
+        );
+        assert_eq!(metadata.gid(), 4242);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no staging directory left"
+        );
+
+        // Neither owner nor in the group: cannot connect, so cannot change routing.
+        assert_eq!(advertise_as_nobody(&socket, "").await, None);
+        assert!(speaker.prefixes().is_empty());
+        // A member of the socket's group can.
+        assert_eq!(advertise_as_nobody(&socket, "4242").await, Some(200));
+        assert_eq!(speaker.prefixes().len(), 1);
+        server.abort();
+        speaker.shutdown().await;
+    }
+
+    #[test]
+    fn an_unknown_group_name_is_an_error_that_says_what_to_do() {
+        let error = group_id("no-such-group-reef").unwrap_err().to_string();
+        assert!(error.contains("create it or give a numeric gid"), "{error}");
+        assert_eq!(group_id("4242").unwrap(), 4242);
+        assert_eq!(group_id("root").unwrap(), 0);
+    }
+
+    /// A GET over TCP: (status code, body).
+    async fn tcp_http(address: SocketAddr, path: &str) -> (u16, String) {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        exchange(stream, "GET", path, "").await
+    }
+
     /// One raw HTTP/1.1 exchange over the socket: (status code, body).
     async fn http(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-        let mut stream = UnixStream::connect(socket).await.unwrap();
+        exchange(
+            UnixStream::connect(socket).await.unwrap(),
+            method,
+            path,
+            body,
+        )
+        .await
+    }
+
+    async fn exchange<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+        mut stream: S,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, String) {
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: reefd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -375,26 +522,55 @@ mod tests {
     async fn admin_api_serves_peers_prefixes_routes_and_metrics() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("sub/reefd.sock");
-        let config = SpeakerConfig {
-            router_id: "192.0.2.1".parse().unwrap(),
-            local_as: 64512,
-            listen: None,
-            routing: Default::default(),
-        };
-        let mut peer = PeerConfig::new("192.0.2.2".parse().unwrap(), 65001);
-        peer.passive = true;
-        let speaker = Arc::new(Speaker::start(config, vec![peer], vec![]).await.unwrap());
+        let speaker = passive_speaker().await;
         let fib = Arc::new(FibStats::default());
         fib.routes.store(3, std::sync::atomic::Ordering::Relaxed);
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = AdminState {
+            speaker: speaker.clone(),
+            fib: Some(fib),
+            metrics: Arc::new(Metrics::new()),
+            ready: ready.clone(),
+        };
         let server = serve(
-            &socket,
-            AdminState {
-                speaker: speaker.clone(),
-                fib: Some(fib),
+            &AdminSocket {
+                path: socket.clone(),
+                group: None,
             },
+            state.clone(),
         )
         .await
         .unwrap();
+        assert_eq!(
+            http(&socket, "GET", "/readyz", "").await,
+            (503, "not ready\n".into())
+        );
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(
+            http(&socket, "GET", "/readyz", "").await,
+            (200, "ready\n".into())
+        );
+        // The TCP health listener serves health and metrics, never the routing verbs.
+        let (health, address) = serve_health("127.0.0.1:0".parse().unwrap(), state.clone())
+            .await
+            .unwrap();
+        let (status, text) = tcp_http(address, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            text.contains("reef_bgp_sessions{state=\"Active\"} 1"),
+            "{text}"
+        );
+        assert_eq!(tcp_http(address, "/readyz").await.0, 200);
+        assert_eq!(tcp_http(address, "/v1/bgp/peers").await.0, 404);
+        let refresh = exchange(
+            tokio::net::TcpStream::connect(address).await.unwrap(),
+            "POST",
+            "/v1/bgp/peers/192.0.2.2/refresh",
+            "",
+        )
+        .await;
+        assert_eq!(refresh.0, 404);
+        health.abort();
 
         assert_eq!(
             http(&socket, "GET", "/healthz", "").await,

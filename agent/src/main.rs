@@ -9,6 +9,7 @@ mod config;
 mod desired;
 mod fib;
 mod filters;
+mod metrics;
 mod node;
 mod runtime;
 
@@ -96,6 +97,12 @@ struct Cli {
     /// Log level or tracing filter; RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Group of the admin socket (name or gid): its members may use reefctl bgp/node.
+    #[arg(long, env = "REEF_ADMIN_GROUP")]
+    admin_group: Option<String>,
+    /// Serve /healthz, /readyz and /metrics over HTTP here (e.g. 0.0.0.0:9099).
+    #[arg(long, env = "REEF_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
 }
 
 fn init_logging(cli: &Cli) {
@@ -116,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&cli);
     let signals = Signals::install()?;
     match (&cli.config, &cli.node_name) {
-        (Some(path), _) => speaker_mode(path, signals).await,
+        (Some(path), _) => speaker_mode(&cli, path, signals).await,
         (None, Some(name)) => node_mode(&cli, name, signals).await,
         // clap requires one of them.
         (None, None) => bail!("give --config FILE (speaker mode) or --node-name NAME (node mode)"),
@@ -151,14 +158,24 @@ async fn node_mode(cli: &Cli, name: &str, signals: Signals) -> anyhow::Result<()
             as_number: cli.as_number,
             secrets_namespace: cli.secrets_namespace.clone(),
             fib_table: cli.fib_table,
-            admin_socket: cli.admin_socket.clone(),
+            admin: runtime::AdminOptions {
+                socket: admin::AdminSocket {
+                    path: cli.admin_socket.clone(),
+                    group: cli.admin_group.clone(),
+                },
+                health_listen: cli.health_listen,
+            },
         },
         signals,
     )
     .await
 }
 
-async fn speaker_mode(path: &std::path::Path, mut signals: Signals) -> anyhow::Result<()> {
+async fn speaker_mode(
+    cli: &Cli,
+    path: &std::path::Path,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
     let mut config = config::Config::load(path)?;
     // The kernel table is read before the speaker starts: Reef routes left there by a previous run
     // make this start a graceful restart (they stay until the Loc-RIB has converged).
@@ -168,7 +185,14 @@ async fn speaker_mode(path: &std::path::Path, mut signals: Signals) -> anyhow::R
     };
     let restarting = fib.as_ref().is_some_and(|f| f.installed_routes() > 0);
     let desired = config.desired(restarting)?;
-    let mut runtime = Runtime::start(&desired, fib, &config.admin.socket).await?;
+    let admin = runtime::AdminOptions {
+        socket: admin::AdminSocket {
+            path: config.admin.socket.clone(),
+            group: cli.admin_group.clone(),
+        },
+        health_listen: cli.health_listen,
+    };
+    let mut runtime = Runtime::start(&desired, fib, &admin).await?;
     info!(
         router_id = %config.router_id, asn = config.as_number, peers = config.peers.len(),
         admin = %config.admin.socket.display(), "reefd started (speaker mode)"

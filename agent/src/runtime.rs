@@ -6,8 +6,9 @@
 //! selections) consumed by [`fib::FibTask`]. When felix owns every Reef route, this stream goes to
 //! felix's model instead and `fib` leaves reefd.
 
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -34,13 +35,23 @@ pub async fn open_fib(table: u32) -> anyhow::Result<fib::Fib> {
     Ok(fib)
 }
 
+/// Where the admin API and the health endpoints are served.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// The unix socket of the full API (mode 0660, its group may change routing).
+    pub socket: admin::AdminSocket,
+    /// Optional HTTP listener for `/healthz`, `/readyz` and `/metrics` only.
+    pub health_listen: Option<SocketAddr>,
+}
+
 /// The running speaker, kernel routes and admin API.
 pub struct Runtime {
     pub bgp: BgpRunner,
     fib: Option<FibTask>,
     pub fib_stats: Option<Arc<FibStats>>,
     admin: JoinHandle<()>,
-    admin_socket: PathBuf,
+    health: Option<JoinHandle<()>>,
+    admin_options: AdminOptions,
 }
 
 impl Runtime {
@@ -49,7 +60,7 @@ impl Runtime {
     pub async fn start(
         desired: &DesiredBgp,
         fib: Option<fib::Fib>,
-        admin_socket: &Path,
+        admin_options: &AdminOptions,
     ) -> anyhow::Result<Runtime> {
         let listen = desired.speaker.listen;
         let mut bgp = BgpRunner::start(desired)
@@ -67,20 +78,25 @@ impl Runtime {
             None => None,
         };
         bgp.apply(desired).await?;
-        let admin = admin::serve(
-            admin_socket,
-            admin::AdminState {
-                speaker: bgp.speaker.clone(),
-                fib: fib_stats.clone(),
-            },
-        )
-        .await?;
+        let state = admin::AdminState {
+            speaker: bgp.speaker.clone(),
+            fib: fib_stats.clone(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            // Ready once the speaker and the route programmer run with the desired state applied.
+            ready: Arc::new(AtomicBool::new(true)),
+        };
+        let admin = admin::serve(&admin_options.socket, state.clone()).await?;
+        let health = match admin_options.health_listen {
+            Some(address) => Some(admin::serve_health(address, state).await?.0),
+            None => None,
+        };
         Ok(Runtime {
             bgp,
             fib,
             fib_stats,
             admin,
-            admin_socket: admin_socket.to_path_buf(),
+            health,
+            admin_options: admin_options.clone(),
         })
     }
 
@@ -93,7 +109,10 @@ impl Runtime {
             fib.stop(!graceful_restart).await;
         }
         self.admin.abort();
-        let _ = std::fs::remove_file(&self.admin_socket);
+        if let Some(health) = self.health {
+            health.abort();
+        }
+        let _ = std::fs::remove_file(&self.admin_options.socket.path);
     }
 }
 

@@ -11,12 +11,10 @@
 //! on a thread inside a network namespace lives in that namespace.
 
 use std::collections::HashMap;
-use std::collections::hash_map::{Entry, RandomState};
-use std::hash::{BuildHasher, Hasher};
+use std::collections::hash_map::Entry;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -300,7 +298,7 @@ impl Driver {
         };
         let discriminator = loop {
             // Nonzero and unique (§6.8.1); a collision among 2^32 values is rare, so this ends.
-            let candidate = random_u64() as u32;
+            let candidate: u32 = rand::random();
             if candidate != 0 && !self.by_discriminator.contains_key(&candidate) {
                 break candidate;
             }
@@ -436,16 +434,7 @@ async fn send(socket: &UdpSocket, peer: SocketAddr, packet: &ControlPacket) {
 }
 
 fn jitter() -> Jitter {
-    Jitter(random_u64() as u16)
-}
-
-/// A random number from the standard library's randomly keyed SipHash (no extra dependency; this
-/// is for jitter and discriminators, not for cryptography).
-fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish()
+    Jitter(rand::random())
 }
 
 fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
@@ -503,11 +492,9 @@ fn send_socket(local: IpAddr) -> io::Result<UdpSocket> {
         socket.set_tclass_v6(CS6)?;
     }
     socket.set_nonblocking(true)?;
-    let span = u64::from(SOURCE_PORTS.end() - SOURCE_PORTS.start()) + 1;
     let mut last_error = io::Error::from(io::ErrorKind::AddrInUse);
     for _ in 0..SOURCE_PORT_ATTEMPTS {
-        // span is 16384, so the offset fits u16 and the sum stays within the range.
-        let port = SOURCE_PORTS.start() + (random_u64() % span) as u16;
+        let port = rand::random_range(SOURCE_PORTS);
         match socket.bind(&SocketAddr::new(local, port).into()) {
             Ok(()) => return UdpSocket::from_std(socket.into()),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = e,

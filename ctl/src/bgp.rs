@@ -3,13 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::Context;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::UnixStream;
+
+use crate::exit::{Classified, Failure};
+use crate::output::{Format, structured, table, text, whole_seconds};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,25 +28,19 @@ pub struct Args {
     command: Command,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
 #[derive(clap::Subcommand)]
 enum Command {
     /// Sessions, like `birdc show protocols`.
     Status {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        output: Format,
     },
     /// Routes received (Adj-RIB-In) from one peer or all.
     Routes {
         #[arg(long)]
         peer: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        output: Format,
     },
     /// Start advertising a prefix to every peer.
     Advertise { prefix: String },
@@ -56,7 +53,7 @@ enum Command {
         /// A prefix (10.0.0.0/24) or an address (its host prefix).
         prefix: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        output: Format,
     },
 }
 
@@ -73,8 +70,8 @@ async fn execute(args: Args) -> anyhow::Result<()> {
         Command::Status { output } => {
             let peers = get(socket, "/v1/bgp/peers").await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&peers)?),
-                Output::Table => print!("{}", status_table(&peers)),
+                Format::Table => print!("{}", status_table(&peers)),
+                format => print!("{}", structured(&peers, format)?),
             }
         }
         Command::Routes { peer, output } => {
@@ -84,8 +81,8 @@ async fn execute(args: Args) -> anyhow::Result<()> {
             };
             let routes = get(socket, &path).await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&routes)?),
-                Output::Table => print!("{}", routes_table(&routes)),
+                Format::Table => print!("{}", routes_table(&routes)),
+                format => print!("{}", structured(&routes, format)?),
             }
         }
         Command::Advertise { prefix } => {
@@ -125,16 +122,16 @@ async fn execute(args: Args) -> anyhow::Result<()> {
             };
             let rib = get(socket, &path).await?;
             match (output, &prefix) {
-                (Output::Json, _) => println!("{}", serde_json::to_string_pretty(&rib)?),
-                (Output::Table, Some(prefix)) => print!("{}", paths_text(prefix, &rib)),
-                (Output::Table, None) => print!("{}", rib_table(&rib)),
+                (Format::Table, Some(prefix)) => print!("{}", paths_text(prefix, &rib)),
+                (Format::Table, None) => print!("{}", rib_table(&rib)),
+                (format, _) => print!("{}", structured(&rib, format)?),
             }
         }
     }
     Ok(())
 }
 
-async fn get(socket: &Path, path: &str) -> anyhow::Result<Value> {
+pub async fn get(socket: &Path, path: &str) -> anyhow::Result<Value> {
     call(socket, Method::GET, path, None).await
 }
 
@@ -146,9 +143,14 @@ async fn call(
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow!(
-            "cannot reach reefd at {}: {e} (is reefd running? use --socket)",
-            socket.display()
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            "the admin socket is mode 0660: run as root or as a member of its group"
+        } else {
+            "is reefd running? use --socket"
+        };
+        Classified::error(
+            Failure::Unreachable,
+            format!("cannot reach reefd at {}: {e} ({hint})", socket.display()),
         )
     })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -181,51 +183,18 @@ async fn call(
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| value.to_string());
-        bail!("reefd: {message} (HTTP {status})");
+        let failure = match status {
+            StatusCode::NOT_FOUND => Failure::NotFound,
+            StatusCode::CONFLICT => Failure::Conflict,
+            StatusCode::BAD_REQUEST => Failure::Invalid,
+            _ => Failure::Error,
+        };
+        return Err(Classified::error(
+            failure,
+            format!("reefd: {message} (HTTP {status})"),
+        ));
     }
     Ok(value)
-}
-
-/// `2026-11-29T17:40:00.123Z` as `2026-11-29T17:40:00Z`: seconds are enough in a table, the API keeps
-/// milliseconds.
-fn whole_seconds(timestamp: String) -> String {
-    match timestamp.split_once('.') {
-        Some((seconds, _)) => format!("{seconds}Z"),
-        None => timestamp,
-    }
-}
-
-fn text(value: &Value, key: &str) -> String {
-    match value.get(key) {
-        None | Some(Value::Null) => "-".to_string(),
-        Some(Value::String(s)) if s.is_empty() => "-".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    }
-}
-
-/// Left-aligned columns separated by two spaces; the last column is not padded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let last = row.len().saturating_sub(1);
-        for (i, cell) in row.iter().enumerate() {
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push('\n');
-    }
-    out
 }
 
 fn status_table(peers: &Value) -> String {

@@ -4,22 +4,15 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::etcd::EtcdArgs;
 use anyhow::Context;
-use reef_datastore::{Datastore, EtcdConfig};
 use reef_ipam::check::PoolUsage;
 use reef_ipam::{CheckInput, CheckReport, Ipam, ReleaseOutcome, ReleaseRequest};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// etcd client URLs, comma separated.
-    #[arg(
-        long,
-        global = true,
-        env = "REEF_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    etcd_endpoints: Vec<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,9 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn execute(args: Args) -> anyhow::Result<()> {
-    let datastore = Datastore::etcd(EtcdConfig::new(args.etcd_endpoints.clone()))
-        .await
-        .with_context(|| format!("connecting to etcd at {}", args.etcd_endpoints.join(",")))?;
+    let datastore = args.etcd.connect().await?;
     let ipam = Ipam::new(&datastore);
     match args.command {
         Command::Show { show_blocks } => {
@@ -133,7 +124,7 @@ async fn execute(args: Args) -> anyhow::Result<()> {
                 done.affinities_released
             );
         }
-        Command::Release { .. } => anyhow::bail!("give --ip or --from-report"),
+        Command::Release { .. } => anyhow::bail!("give --ip ADDRESS or --from-report FILE"),
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //!
 //! [`Datastore`] is the handle that hands out a [`Store`] per kind for the chosen backend.
 
+pub mod access;
 mod codec;
 pub mod etcd;
 pub mod kubernetes;

@@ -12,7 +12,6 @@ mod status;
 mod watch;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -49,7 +48,7 @@ pub struct NodeOptions {
     pub as_number: Option<u32>,
     pub secrets_namespace: String,
     pub fib_table: u32,
-    pub admin_socket: PathBuf,
+    pub admin: crate::runtime::AdminOptions,
 }
 
 fn node_address(source: &AddressSource) -> anyhow::Result<Ipv4Net> {
@@ -199,8 +198,7 @@ impl Node {
                 if fib.installed_routes() > 0 {
                     mark_restarting(&mut desired);
                 }
-                let started =
-                    Runtime::start(&desired, Some(fib), &self.options.admin_socket).await?;
+                let started = Runtime::start(&desired, Some(fib), &self.options.admin).await?;
                 info!(
                     router_id = %desired.speaker.router_id, asn = desired.speaker.local_as,
                     peers = desired.peers.len(), prefixes = desired.prefixes.len(),

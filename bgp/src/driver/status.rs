@@ -253,26 +253,13 @@ fn large_communities_text(attrs: &PathAttributes) -> Vec<String> {
         .collect()
 }
 
+/// `time` as RFC 3339 UTC with milliseconds (`2026-11-30T00:53:20.042Z`); times before 1970 (a clock
+/// set back) show as the epoch.
 pub fn rfc3339(time: SystemTime) -> String {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (secs, millis) = (since_epoch.as_secs(), since_epoch.subsec_millis());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let time = time.max(UNIX_EPOCH);
+    // A SystemTime past jiff's range (year 9999) cannot come from a running clock.
+    let timestamp = jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::MAX);
+    format!("{timestamp:.3}")
 }
 
 #[cfg(test)]
