@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::config::{Command, Invocation, NetConf};
 use crate::netlink::{self, Kernel};
 use crate::spec::{CniError, CniResult, ErrorCode, IpConfig, version_info};
-use crate::store::{Backend, EndpointSpec, ipam_error};
+use crate::store::{Backend, EndpointSpec, endpoint_location, ipam_error};
 use crate::wiring::{PodWiring, auto_mtu};
 
 /// Which binary was called.
@@ -140,23 +140,23 @@ async fn add(mode: Mode, inv: &Invocation, conf: &NetConf) -> Result<Value, CniE
         release_handle: Some(handle.clone()),
         host_link: None,
     };
+    // Every failure from here on undoes what was done, the netlink socket included.
+    let mut host = None;
     let outcome = match pod_kernel {
         None => ipam_result(&backend, conf, &ips).await,
-        Some(pod) => {
-            let host = Kernel::open_host()?;
-            let outcome = wire(
-                &backend, conf, inv, &node, &netns, &host, &pod, &ips, &mut undo,
-            )
-            .await;
-            if outcome.is_err() {
-                undo.run(&backend, conf, Some(&host)).await;
-                return outcome;
+        Some(pod) => match Kernel::open_host() {
+            Ok(kernel) => {
+                let kernel = host.insert(kernel);
+                wire(
+                    &backend, conf, inv, &node, &netns, kernel, &pod, &ips, &mut undo,
+                )
+                .await
             }
-            outcome
-        }
+            Err(e) => Err(e),
+        },
     };
     if outcome.is_err() {
-        undo.run(&backend, conf, None).await;
+        undo.run(&backend, conf, host.as_ref()).await;
     }
     outcome
 }
@@ -256,18 +256,7 @@ async fn del(mode: Mode, inv: &Invocation, conf: &NetConf) -> Result<(), CniErro
             let pod = Kernel::open_in(&netns)?;
             pod.delete_link(&inv.ifname).await?;
         }
-        let endpoint = EndpointSpec {
-            node: &node,
-            network: &conf.name,
-            container_id: &inv.container_id,
-            pod: inv.pod(),
-            ifname: &inv.ifname,
-            host_ifname: "",
-            pod_mac: "",
-            addresses: &[],
-            labels: &conf.labels,
-        };
-        let (namespace, name) = endpoint.location();
+        let (namespace, name) = endpoint_location(&node, inv.pod(), &inv.container_id, &inv.ifname);
         // Without the netns the host end may still be there (a runtime that lost the netns path): remove
         // it only while the endpoint says it is this container's.
         if let Some(existing) = backend.get_endpoint(&namespace, &name).await?
@@ -317,18 +306,8 @@ async fn check(mode: Mode, inv: &Invocation, conf: &NetConf) -> Result<(), CniEr
         let host = Kernel::open_host()?;
         let pod = Kernel::open_in(&netns)?;
         differences.extend(netlink::differences(&host, &pod, &plan).await?);
-        let (namespace, name) = EndpointSpec {
-            node: &node_name(conf),
-            network: &conf.name,
-            container_id: &inv.container_id,
-            pod: inv.pod(),
-            ifname: &inv.ifname,
-            host_ifname: &host_ifname,
-            pod_mac: "",
-            addresses: &[],
-            labels: &conf.labels,
-        }
-        .location();
+        let (namespace, name) =
+            endpoint_location(&node_name(conf), inv.pod(), &inv.container_id, &inv.ifname);
         match backend.get_endpoint(&namespace, &name).await? {
             None => differences.push(format!("WorkloadEndpoint {namespace}/{name} is missing")),
             Some(e) if e.spec.container_id != inv.container_id => differences.push(format!(

@@ -404,6 +404,24 @@ impl Backend {
     }
 }
 
+/// Where the WorkloadEndpoint of one attachment lives: (namespace, name). A pod's is in its namespace,
+/// named after the pod; a plain container's is in `default`, named after the container id.
+pub fn endpoint_location(
+    node: &str,
+    pod: Option<(&str, &str)>,
+    container_id: &str,
+    ifname: &str,
+) -> (String, String) {
+    let (namespace, orchestrator, workload) = match pod {
+        Some((ns, name)) => (ns, "k8s", name),
+        None => (DEFAULT_NAMESPACE, "cni", container_id),
+    };
+    (
+        namespace.to_string(),
+        reef_crds::workload::endpoint_object_name(node, orchestrator, workload, ifname),
+    )
+}
+
 /// The WorkloadEndpoint of one attachment.
 pub struct EndpointSpec<'a> {
     pub node: &'a str,
@@ -418,21 +436,8 @@ pub struct EndpointSpec<'a> {
 }
 
 impl EndpointSpec<'_> {
-    /// Where the object lives: (namespace, name).
     pub fn location(&self) -> (String, String) {
-        let (namespace, orchestrator, workload) = match self.pod {
-            Some((ns, name)) => (ns, "k8s", name),
-            None => (DEFAULT_NAMESPACE, "cni", self.container_id),
-        };
-        (
-            namespace.to_string(),
-            reef_crds::workload::endpoint_object_name(
-                self.node,
-                orchestrator,
-                workload,
-                self.ifname,
-            ),
-        )
+        endpoint_location(self.node, self.pod, self.container_id, self.ifname)
     }
 
     pub fn object(&self) -> WorkloadEndpoint {
